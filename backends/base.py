@@ -1,0 +1,118 @@
+"""The `Backend` value: one array library on one device, and the only door between host and device.
+
+A backend bundles what the core needs to run the same math anywhere:
+
+* ``xp``: the array-API namespace (from array-api-compat) whose functions the core calls;
+* ``device``: the library's native device object, given to ``asarray`` on every transfer;
+* ``to_device`` / ``to_numpy``: host-to-device and device-to-host copies;
+* ``owns(array)``: whether an array already lives on this backend, so data can be used without a copy;
+* ``activate()``: the context the work runs in (CuPy needs its current device set; others need nothing);
+* ``synchronize()``: waits for queued device work (for timing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+
+from backprop.errors import DeviceError
+
+_FLOAT_DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True, eq=False)
+class Backend:
+    """One array library on one device.
+
+    ``spec`` is the canonical specifier (``"cpu"``, ``"cuda:0"``, ``"array_api_strict:device1"``, ...);
+    ``is_native`` tells whether an object is an array of this library on this device; ``context`` makes the
+    device current (``None`` where the library needs nothing); ``sync`` waits for queued work.
+    """
+
+    spec: str
+    xp: Any
+    device: Any
+    is_native: Callable[[Any], bool]
+    device_name: str = ""
+    context: Callable[[], ContextManager] | None = None
+    sync: Callable[[], None] | None = None
+    library: str = ""
+    _dtypes: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        info = self.xp.__array_namespace_info__()
+        supported = info.dtypes(device=self.device, kind="real floating")
+        for name in _FLOAT_DTYPES:
+            if name in supported:
+                self._dtypes[name] = supported[name]
+
+    def __repr__(self) -> str:
+        return f"Backend({self.spec!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Backend) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
+
+    # -- dtypes ---------------------------------------------------------------------------------------------
+    def dtype(self, name: str) -> Any:
+        """The namespace's dtype object for ``"float32"`` or ``"float64"``; raises if this device lacks it."""
+        if name not in _FLOAT_DTYPES:
+            raise TypeError(f"dtype must be 'float32' or 'float64', got {name!r}")
+        if name not in self._dtypes:
+            raise DeviceError(
+                f"device {self.spec!r} does not support {name}; use dtype='float32' or a device with {name}"
+            )
+        return self._dtypes[name]
+
+    def supports(self, dtype_name: str) -> bool:
+        return dtype_name in self._dtypes
+
+    # -- transfers ------------------------------------------------------------------------------------------
+    def to_device(self, host: np.ndarray, dtype: Any = None) -> Any:
+        """Copy a host NumPy array to this device (optionally casting to a namespace dtype)."""
+        with self.activate():
+            return self.xp.asarray(host, dtype=dtype, device=self.device, copy=True)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """Copy an array of this backend to a host NumPy array."""
+        return to_numpy(array)
+
+    def owns(self, array: Any) -> bool:
+        return self.is_native(array)
+
+    def activate(self) -> ContextManager:
+        """Context in which kernels for this device must run."""
+        return self.context() if self.context is not None else contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        if self.sync is not None:
+            self.sync()
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Host NumPy copy (or view, for NumPy input) of any array-API array, list or scalar."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "__cuda_array_interface__") and hasattr(array, "get"):  # CuPy
+        return array.get()
+    module = type(array).__module__
+    if module.startswith("torch"):
+        return array.detach().cpu().numpy()
+    if module.startswith("array_api_strict"):
+        import array_api_strict
+
+        cpu = array_api_strict.Device("CPU_DEVICE")
+        if array.device != cpu:
+            array = array_api_strict.asarray(array, device=cpu, copy=True)  # explicit move to the host
+        return np.asarray(array)
+    if hasattr(array, "__dlpack__") and not isinstance(array, (list, tuple)):
+        try:
+            return np.from_dlpack(array)
+        except Exception:  # noqa: BLE001 -- fall back to the buffer protocol below
+            pass
+    return np.asarray(array)

@@ -1,0 +1,99 @@
+"""Getting user data onto the model's device: the one place where host data crosses over.
+
+Rules (documented in the README):
+* host data (NumPy arrays, lists, tuples, scalars) are copied to the device once, cast to the model's dtype;
+* arrays already on the model's backend and device are used without a copy (cast once if their float dtype
+  differs from the model's);
+* integer and boolean inputs are converted to the model's float dtype; strings, objects and complex numbers
+  are refused;
+* an array of another library or another device raises `DeviceError`: we never copy silently in a hot loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from backprop.errors import DeviceError, DTypeError, NonFiniteError, ShapeError
+
+_HOST_TYPES = (np.ndarray, np.generic, list, tuple, int, float, bool)
+_NAMESPACES: dict[type, Any] = {}
+
+
+def namespace_of(array: Any) -> Any:
+    """The array-API namespace of ``array`` (array-api-compat's), cached per array type for the hot path."""
+    kind = type(array)
+    namespace = _NAMESPACES.get(kind)
+    if namespace is None:
+        from array_api_compat import array_namespace
+
+        namespace = _NAMESPACES[kind] = array_namespace(array)
+    return namespace
+
+
+def _describe(array: Any) -> str:
+    module = type(array).__module__.split(".")[0]
+    device = getattr(array, "device", "?")
+    return f"a {module} array on device {device}"
+
+
+def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", integral_ok: bool = False) -> Any:
+    """``data`` as an array of ``backend`` with dtype ``dtype``.
+
+    With ``integral_ok`` (class-index targets) integer data keep an integer dtype instead of being cast.
+    """
+    xp = backend.xp
+    if backend.owns(data):
+        if xp.isdtype(data.dtype, "real floating"):
+            return data if data.dtype == dtype else xp.astype(data, dtype)
+        if xp.isdtype(data.dtype, "integral") and integral_ok:
+            return data
+        if xp.isdtype(data.dtype, ("integral", "bool")):
+            return xp.astype(data, dtype)
+        raise DTypeError(f"{what} has dtype {data.dtype}; give real numbers (float, integer or boolean)")
+    if isinstance(data, _HOST_TYPES):
+        try:
+            host = np.asarray(data)
+        except ValueError as error:  # ragged nested lists
+            raise ShapeError(f"{what} cannot be read as a rectangular array: {error}") from None
+        if host.dtype.kind in "iu" and integral_ok:
+            return backend.to_device(host.astype(np.int64, copy=False), None)
+        if host.dtype.kind not in "biuf":
+            raise DTypeError(
+                f"{what} has NumPy dtype {host.dtype}; give real numbers (float, integer or boolean), "
+                "e.g. numpy.asarray(data, dtype=float)"
+            )
+        return backend.to_device(host, dtype)
+    if hasattr(data, "__array_namespace__") or hasattr(data, "__dlpack__"):
+        raise DeviceError(
+            f"{what} is {_describe(data)}, but the model lives on {backend.spec!r}. Move the data with "
+            f"bp.to_numpy({what}) (it is then copied once) or move the model with model.to(...); "
+            "no silent copies are made between devices"
+        )
+    raise DTypeError(f"{what} must be an array or a (nested) list of numbers, got {type(data).__name__}")
+
+
+def check_finite(array: Any, backend: Any, what: str = "input") -> None:
+    """Raise `NonFiniteError` if ``array`` holds NaN or infinity (one reduction, one host read)."""
+    xp = backend.xp
+    if xp.isdtype(array.dtype, "real floating") and not bool(xp.all(xp.isfinite(array))):
+        host = backend.to_numpy(array)
+        bad = int(np.count_nonzero(~np.isfinite(host)))
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
+        raise NonFiniteError(
+            f"{what} contains {bad} NaN or infinite value(s), the first at index {first}; "
+            "clean or impute the data before training"
+        )
+
+
+def check_features(x: Any, expected: int | None, where: str, what: str = "input") -> None:
+    """Raise `ShapeError` unless ``x`` is a non-empty 2-D batch whose feature count is ``expected``."""
+    shape = tuple(x.shape)
+    if len(shape) != 2:
+        hint = f" (for one sample use x.reshape(1, -1); for one feature use x.reshape(-1, 1))" if len(shape) == 1 else ""
+        raise ShapeError(f"{what} must be 2-D (samples, features), got shape {shape}{hint}")
+    if shape[0] == 0:
+        raise ShapeError(f"{what} is an empty batch (shape {shape}); give at least one sample")
+    if expected is not None and shape[1] != expected:
+        raise ShapeError(f"{where} expects {expected} input features, but {what} has {shape[1]} (shape {shape})")

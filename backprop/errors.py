@@ -1,0 +1,45 @@
+"""One exception hierarchy, so callers can catch ours (``BackpropError``) or the built-in kind they expect.
+
+Each class also derives from the built-in exception a Python user would reach for first: bad values and shapes
+are ``ValueError``, wrong types ``TypeError``, a backend that cannot be loaded ``ImportError``.
+"""
+
+
+class BackpropError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class ShapeError(BackpropError, ValueError):
+    """An array's shape does not fit the layer, loss or targets it meets."""
+
+
+class DTypeError(BackpropError, TypeError):
+    """An array's dtype cannot be used (e.g. strings, complex numbers)."""
+
+
+class NonFiniteError(BackpropError, ValueError):
+    """Data contain NaN or infinity."""
+
+
+class DeviceError(BackpropError, ValueError):
+    """An unknown device, or an array that lives on another library or device than the model."""
+
+
+class BackendUnavailableError(DeviceError, ImportError):
+    """The array library for a device is not installed, or the hardware is missing."""
+
+
+class ConfigurationError(BackpropError, ValueError):
+    """A hyper-parameter out of its domain (learning rate, epochs, batch size, ...)."""
+
+
+class DivergenceError(BackpropError, FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+class CheckpointError(BackpropError, ValueError):
+    """A checkpoint file is truncated, corrupted, of another format version, or does not fit the model."""
+
+
+class GradientCheckError(BackpropError, AssertionError):
+    """Analytic gradients disagree with finite differences."""

@@ -1,0 +1,84 @@
+"""`value_and_grad` (one forward and backward pass) and `gradcheck` (finite differences in float64)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from backprop.data import check_finite
+from backprop.errors import GradientCheckError
+from backprop.losses import Loss
+
+
+def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = True) -> Any:
+    """Zero the gradients, run forward and backward once; return the loss as a 0-d device array."""
+    model.zero_grad()
+    output, backward = model.forward(x, training=training)
+    with model.backend.activate():
+        target = loss.prepare_target(y, model.backend, model._dtype, tuple(output.shape))
+        value, grad_output = loss.value_and_grad(output, target)
+    backward(grad_output, need_input_grad=False)
+    return value
+
+
+def value_and_grad(model: Any, loss: Loss, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
+    """(loss value, {parameter name: host copy of dL/dparameter}) for one batch, in training mode.
+
+    The gradients also stay in each parameter's ``.grad``, so ``optimizer.step()`` may follow.
+    """
+    inputs = model.as_input(x)
+    check_finite(inputs, model.backend, "input")
+    value = loss_and_backward(model, loss, inputs, y)
+    return float(value), {name: np.array(model.backend.to_numpy(p.grad), copy=True)
+                          for name, p in model.named_parameters()}
+
+
+def gradcheck(model: Any, loss: Loss, x: Any, y: Any, eps: float = 1e-6, tol: float = 1e-5, floor: float = 1e-8) -> float:
+    """Compare analytic gradients with central differences (f(w+eps) - f(w-eps)) / 2eps, in float64.
+
+    The check runs on a float64 copy of the model (on the CPU if the model's device lacks float64), so a
+    float32 model is checked without float32 rounding noise. For each element the relative error is
+    |analytic - numeric| / max(|analytic|, |numeric|, floor). Returns the largest; raises
+    `GradientCheckError` naming the parameter and element where it exceeds ``tol``.
+    """
+    from backprop.model import Sequential
+
+    device = model.device if model.backend.supports("float64") else "cpu"
+    twin = Sequential(*[type(layer)(**layer.config()) for layer in model.layers], device=device, dtype="float64")
+    twin.load_state_dict(model.state_dict())
+    x_host = np.asarray(model.backend.to_numpy(x) if model.backend.owns(x) else x, dtype=np.float64)
+    y_host = model.backend.to_numpy(y) if model.backend.owns(y) else np.asarray(y)
+
+    def loss_at() -> float:
+        output = twin.forward(x_host, training=True)[0]
+        with twin.backend.activate():
+            target = loss.prepare_target(y_host, twin.backend, twin._dtype, tuple(output.shape))
+            return float(loss(output, target))
+
+    _, analytic = value_and_grad(twin, loss, x_host, y_host)
+    worst = 0.0
+    for name, parameter in twin.named_parameters():
+        values = np.array(twin.backend.to_numpy(parameter.value), dtype=np.float64, copy=True)
+        numeric = np.empty_like(values)
+        for index in np.ndindex(values.shape):
+            original = values[index]
+            values[index] = original + eps
+            parameter.value = twin.backend.to_device(values, twin._dtype)
+            plus = loss_at()
+            values[index] = original - eps
+            parameter.value = twin.backend.to_device(values, twin._dtype)
+            minus = loss_at()
+            values[index] = original
+            numeric[index] = (plus - minus) / (2 * eps)
+        parameter.value = twin.backend.to_device(values, twin._dtype)
+        errors = np.abs(analytic[name] - numeric) / np.maximum(np.maximum(np.abs(analytic[name]), np.abs(numeric)), floor)
+        if errors.size:
+            at = np.unravel_index(int(np.argmax(errors)), errors.shape)
+            if errors[at] > tol:
+                raise GradientCheckError(
+                    f"gradient of {name!r} at {tuple(int(i) for i in at)}: analytic {analytic[name][at]:.10g}, "
+                    f"finite differences {numeric[at]:.10g} (relative error {errors[at]:.3g} > {tol:g})"
+                )
+            worst = max(worst, float(errors[at]))
+    return worst

@@ -1,0 +1,100 @@
+"""Element-wise activations (and softmax over features), each with its derivative beside it.
+
+Every backward here maps dL/dy = g to dL/dx; products are element-wise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backprop.layers.base import Layer
+
+
+class Identity(Layer):
+    """y = x;  dx = g."""
+
+    def forward(self, x, training=False):
+        return x, lambda dy, need_dx=True: dy
+
+
+class Sigmoid(Layer):
+    """y = 1 / (1 + exp(-x));  dx = g * y * (1 - y).
+
+    Computed from e = exp(-|x|) <= 1 as y = 1/(1+e) for x >= 0 and e/(1+e) for x < 0, so no exponential
+    overflows (no warning, no inf) and small outputs keep their relative precision.
+    """
+
+    def forward(self, x, training=False):
+        xp = self.backend.xp
+        e = xp.exp(-xp.abs(x))
+        r = 1.0 / (1.0 + e)
+        y = xp.where(x >= 0, r, e * r)
+
+        def backward(dy, need_dx=True):
+            return dy * (y * (1.0 - y))
+
+        return y, backward
+
+
+class Tanh(Layer):
+    """y = tanh(x);  dx = g * (1 - y^2)."""
+
+    def forward(self, x, training=False):
+        y = self.backend.xp.tanh(x)
+        return y, lambda dy, need_dx=True: dy * (1.0 - y * y)
+
+
+class ReLU(Layer):
+    """y = max(x, 0);  dx = g where x > 0, else 0 (so the gradient at exactly 0 is 0, as in PyTorch)."""
+
+    def forward(self, x, training=False):
+        xp = self.backend.xp
+        positive = x > 0
+        y = xp.where(positive, x, 0.0)
+        return y, lambda dy, need_dx=True: xp.where(positive, dy, 0.0)
+
+
+class LeakyReLU(Layer):
+    """y = x where x > 0, else a*x;  dx = g where x > 0, else a*g  (a = negative_slope)."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x, training=False):
+        xp = self.backend.xp
+        a = self.negative_slope
+        positive = x > 0
+        y = xp.where(positive, x, a * x)
+        return y, lambda dy, need_dx=True: xp.where(positive, dy, a * dy)
+
+    def config(self) -> dict:
+        return {"negative_slope": self.negative_slope}
+
+
+class Softmax(Layer):
+    """y_i = exp(x_i - max x) / sum_j exp(x_j - max x) over the last axis;  dx = y * (g - sum(g * y)).
+
+    To train a classifier, prefer ``CrossEntropy(from_logits=True)`` on raw scores: it fuses softmax with the
+    log-likelihood and is stable where softmax followed by a log is not.
+    """
+
+    def forward(self, x, training=False):
+        y = softmax(self.backend.xp, x)
+
+        def backward(dy, need_dx=True):
+            xp = self.backend.xp
+            return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True))
+
+        return y, backward
+
+
+def log_softmax(xp: Any, x: Any) -> Any:
+    """log softmax over the last axis, shifted by the row maximum so exp never overflows."""
+    shifted = x - xp.max(x, axis=-1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+
+
+def softmax(xp: Any, x: Any) -> Any:
+    shifted = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
+    return shifted / xp.sum(shifted, axis=-1, keepdims=True)

@@ -1,0 +1,69 @@
+"""Dense (fully connected) layer: y = x @ W + b.
+
+Shapes: x (n, in), W (in, out) as in the seeds' tutorials, b (out,), y (n, out).
+Gradients, given dL/dy = g:  dL/dW = x.T @ g,  dL/db = sum over the batch of g,  dL/dx = g @ W.T.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from backprop import init as initialisers
+from backprop.layers.base import Layer
+
+
+class Dense(Layer):
+    """``Dense(in_features, out_features, bias=True, init="glorot_uniform", bias_init="zeros")``.
+
+    The default initialisation is Glorot/Xavier uniform for W and zeros for b (Keras's defaults).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        init: "str | initialisers.Initialiser" = "glorot_uniform",
+        bias_init: "str | initialisers.Initialiser" = "zeros",
+    ) -> None:
+        super().__init__()
+        for label, size in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+                raise ValueError(f"Dense {label} must be a positive integer, got {size!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.bias = bool(bias)
+        self.init, self.bias_init = init, bias_init
+
+    def build(self, in_features, backend, dtype, rng):
+        super().build(in_features, backend, dtype, rng)
+        shape = (self.in_features, self.out_features)
+        fan_in, fan_out = shape
+        self.add_parameter("weight", initialisers.get(self.init)(rng, shape, fan_in, fan_out))
+        if self.bias:
+            self.add_parameter("bias", initialisers.get(self.bias_init)(rng, (self.out_features,), fan_in, fan_out))
+        return self.out_features
+
+    def forward(self, x: Any, training: bool = False):
+        weight = self.params["weight"]
+        bias = self.params.get("bias")
+        y = x @ weight.value
+        if bias is not None:
+            y += bias.value
+
+        def backward(dy: Any, need_dx: bool = True) -> Any:
+            weight.accumulate(x.T @ dy)
+            if bias is not None:
+                bias.accumulate(self.backend.xp.sum(dy, axis=0))
+            return dy @ weight.value.T if need_dx else None
+
+        return y, backward
+
+    def config(self) -> dict:
+        described = {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias}
+        for key in ("init", "bias_init"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                described[key] = value
+        return described
