@@ -15,7 +15,8 @@ lecun              sqrt(1 / fan_in)                            sqrt(3 / fan_in)
 
 Glorot keeps the variance of activations and gradients roughly constant through tanh/sigmoid-like layers;
 He doubles it to make up for ReLU zeroing half its inputs; LeCun suits SELU and linear layers.
-``constant(value)``, ``normal(std)`` and ``uniform(a)`` are factories returning an initialiser.
+``constant(value)``, ``normal(std)`` and ``uniform(a)`` are factories returning an initialiser; by name,
+``"normal"`` and ``"uniform"`` are ``normal(0.05)`` and ``uniform(0.05)`` (Keras's defaults).
 """
 
 from __future__ import annotations
