@@ -5,10 +5,11 @@
     value, grads = bp.value_and_grad(model, bp.losses.MeanSquaredError(), x, y)
 """
 
-from backprop import backends, errors, init, losses, optim
+from backprop import backends, errors, init, losses, optim, penalties
 from backprop.backends import get_backend, to_numpy
 from backprop.gradients import gradcheck, value_and_grad
 from backprop.layers import Dense, Identity, Layer, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from backprop.layers import BatchNorm1d, Dropout, LayerNorm
 from backprop.model import Sequential
 from backprop.parameter import Parameter
 
@@ -18,3 +19,4 @@ __all__ = [
     "Dense", "Identity", "Layer", "LeakyReLU", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
     "backends", "errors", "get_backend", "gradcheck", "init", "losses", "optim", "to_numpy", "value_and_grad",
 ]
+__all__ += ["BatchNorm1d", "Dropout", "LayerNorm", "penalties"]

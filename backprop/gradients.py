@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -11,36 +12,46 @@ from backprop.errors import GradientCheckError
 from backprop.losses import Loss
 
 
-def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = True) -> Any:
-    """Zero the gradients, run forward and backward once; return the loss as a 0-d device array."""
+def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = True, penalty: Any = None) -> Any:
+    """Zero the gradients, run forward and backward once; return the loss as a 0-d device array.
+
+    With a ``penalty`` (see `backprop.penalties`) the value is loss + R(w) and dR/dw joins the gradients.
+    """
     model.zero_grad()
     output, backward = model.forward(x, training=training)
     with model.backend.activate():
         target = loss.prepare_target(y, model.backend, model._dtype, tuple(output.shape))
         value, grad_output = loss.value_and_grad(output, target)
     backward(grad_output, need_input_grad=False)
+    if penalty is not None:
+        value = value + penalty.accumulate(model)
     return value
 
 
-def value_and_grad(model: Any, loss: Loss, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
+def value_and_grad(model: Any, loss: Loss, x: Any, y: Any, penalty: Any = None) -> tuple[float, dict[str, np.ndarray]]:
     """(loss value, {parameter name: host copy of dL/dparameter}) for one batch, in training mode.
 
     The gradients also stay in each parameter's ``.grad``, so ``optimizer.step()`` may follow.
     """
     inputs = model.as_input(x)
     check_finite(inputs, model.backend, "input")
-    value = loss_and_backward(model, loss, inputs, y)
+    value = loss_and_backward(model, loss, inputs, y, penalty=penalty)
     return float(value), {name: np.array(model.backend.to_numpy(p.grad), copy=True)
                           for name, p in model.named_parameters()}
 
 
-def gradcheck(model: Any, loss: Loss, x: Any, y: Any, eps: float = 1e-6, tol: float = 1e-5, floor: float = 1e-8) -> float:
+def gradcheck(
+    model: Any, loss: Loss, x: Any, y: Any, eps: float = 1e-6, tol: float = 1e-5, floor: float = 1e-8, penalty: Any = None
+) -> float:
     """Compare analytic gradients with central differences (f(w+eps) - f(w-eps)) / 2eps, in float64.
 
     The check runs on a float64 copy of the model (on the CPU if the model's device lacks float64), so a
     float32 model is checked without float32 rounding noise. For each element the relative error is
     |analytic - numeric| / max(|analytic|, |numeric|, floor). Returns the largest; raises
     `GradientCheckError` naming the parameter and element where it exceeds ``tol``.
+
+    Layers that draw random numbers (`Dropout`) run inside their ``fixed_randomness()``: every forward of the
+    check reuses the first draw. A ``penalty`` is added to the loss, as in `loss_and_backward`.
     """
     from backprop.model import Sequential
 
@@ -54,9 +65,18 @@ def gradcheck(model: Any, loss: Loss, x: Any, y: Any, eps: float = 1e-6, tol: fl
         output = twin.forward(x_host, training=True)[0]
         with twin.backend.activate():
             target = loss.prepare_target(y_host, twin.backend, twin._dtype, tuple(output.shape))
-            return float(loss(output, target))
+            value = loss(output, target)
+            return float(value if penalty is None else value + penalty(twin))
 
-    _, analytic = value_and_grad(twin, loss, x_host, y_host)
+    with contextlib.ExitStack() as fixed:
+        for layer in twin.layers:
+            fixed.enter_context(layer.fixed_randomness())
+        _, analytic = value_and_grad(twin, loss, x_host, y_host, penalty=penalty)
+        return _compare(twin, analytic, loss_at, eps, tol, floor)
+
+
+def _compare(twin: Any, analytic: dict, loss_at: Any, eps: float, tol: float, floor: float) -> float:
+    """gradcheck's element-by-element comparison on the float64 twin; returns the largest relative error."""
     worst = 0.0
     for name, parameter in twin.named_parameters():
         values = np.array(twin.backend.to_numpy(parameter.value), dtype=np.float64, copy=True)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+from array_api_compat import device as _device_of
+
 from backprop.data import namespace_of as _namespace, to_backend
 from backprop.errors import ShapeError
 from backprop.layers.activations import log_softmax
@@ -54,6 +57,25 @@ def _reduce(xp: Any, elementwise: Any, reduction: str) -> tuple[Any, float]:
     return xp.sum(elementwise), 1.0
 
 
+def _host_weights(weights: Any, label: str, ndim: tuple[int, ...]) -> np.ndarray | None:
+    """Validated float64 host copy of per-class weights (``None`` stays ``None``)."""
+    if weights is None:
+        return None
+    host = np.array(weights, dtype=np.float64, copy=True)
+    if host.ndim not in ndim:
+        raise ShapeError(f"{label} must have {' or '.join(map(str, ndim))} dimension(s), got shape {host.shape}")
+    if not np.all(np.isfinite(host)) or np.any(host < 0):
+        raise ValueError(f"{label} must be finite and non-negative, got {host}")
+    return host
+
+
+def _weights_like(host: np.ndarray, like: Any, label: str, classes: int) -> Any:
+    """``host`` weights on the device and in the dtype of ``like``, checked to fit its ``classes`` columns."""
+    if host.ndim == 1 and host.shape[0] != classes:
+        raise ShapeError(f"{label} has {host.shape[0]} entries but the prediction has {classes} columns")
+    return _namespace(like).asarray(host, dtype=like.dtype, device=_device_of(like), copy=True)
+
+
 def _check_reduction(reduction: str) -> str:
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -80,14 +102,22 @@ class BinaryCrossEntropy(Loss):
         L = -mean(t log p + (1 - t) log(1 - p)), logs clamped at -100;  dL/dp = (p - t) / max(p (1 - p), 1e-12) / N.
     from_logits=True (z a raw score; stable for any |z|):
         L = mean(max(z, 0) - z t + log(1 + exp(-|z|)));  dL/dz = (sigmoid(z) - t) / N.
+
+    ``pos_weight`` w (a number, or one per output column; PyTorch's ``BCEWithLogitsLoss(pos_weight=...)``)
+    weighs the positive term, to count rare positives w times: with c = 1 + (w - 1) t,
+        from_logits=False:  L = -mean(w t log p + (1 - t) log(1 - p));  dL/dp = (c p - w t) / (p (1 - p)) / N;
+        from_logits=True:   L = mean((1 - t) z + c (log(1 + exp(-|z|)) + max(-z, 0)));  dL/dz = (c sigmoid(z) - w t) / N.
     """
 
-    def __init__(self, from_logits: bool = False, reduction: str = "mean") -> None:
+    def __init__(self, from_logits: bool = False, reduction: str = "mean", pos_weight: Any = None) -> None:
         self.from_logits = bool(from_logits)
         self.reduction = _check_reduction(reduction)
+        self.pos_weight = _host_weights(pos_weight, "BinaryCrossEntropy pos_weight", (0, 1))
 
     def value_and_grad(self, prediction, target):
         xp = _namespace(prediction)
+        if self.pos_weight is not None:
+            return self._value_and_grad_weighted(xp, prediction, target)
         if self.from_logits:
             z = prediction
             e = xp.exp(-xp.abs(z))
@@ -104,6 +134,25 @@ class BinaryCrossEntropy(Loss):
         grad = (p - target) / xp.clip(p * (1.0 - p), _EPS, None)
         return value, grad * scale
 
+    def _value_and_grad_weighted(self, xp, prediction, target):
+        w = _weights_like(self.pos_weight, prediction, "BinaryCrossEntropy pos_weight", prediction.shape[-1])
+        c = 1.0 + (w - 1.0) * target
+        if self.from_logits:
+            z = prediction
+            e = xp.exp(-xp.abs(z))
+            elementwise = (1.0 - target) * z + c * (xp.log1p(e) + xp.maximum(-z, 0.0))
+            r = 1.0 / (1.0 + e)
+            sigmoid = xp.where(z >= 0, r, e * r)
+            value, scale = _reduce(xp, elementwise, self.reduction)
+            return value, (c * sigmoid - w * target) * scale
+        p = prediction
+        log_p = xp.clip(xp.log(p), _LOG_FLOOR, None)
+        log_1mp = xp.clip(xp.log1p(-p), _LOG_FLOOR, None)
+        elementwise = -(w * target * log_p + (1.0 - target) * log_1mp)
+        value, scale = _reduce(xp, elementwise, self.reduction)
+        grad = (c * p - w * target) / xp.clip(p * (1.0 - p), _EPS, None)
+        return value, grad * scale
+
     def check_values(self, target, backend):
         xp = backend.xp
         if not bool(xp.all((target >= 0.0) & (target <= 1.0))):
@@ -117,11 +166,17 @@ class CrossEntropy(Loss):
         L = -mean over samples of sum_k t_k log q_k;  dL/dz = (softmax(z) - t) / n.
     from_logits=False (p probabilities, e.g. after a Softmax layer):
         L = -mean over samples of sum_k t_k log p_k (logs clamped at -100);  dL/dp = -t / p / n.
+
+    ``weight`` (one non-negative number per class; PyTorch's ``CrossEntropyLoss(weight=...)``) replaces t_k by
+    w_k t_k in both formulas above, to count rare classes more. For class-index targets the mean is PyTorch's
+    weighted mean, sum_i w_{y_i} (-log q_{i, y_i}) / sum_i w_{y_i}: ``prepare_target`` folds the factor
+    n / sum_i w_{y_i} into the one-hot rows it returns. Probability rows keep the division by n.
     """
 
-    def __init__(self, from_logits: bool = True, reduction: str = "mean") -> None:
+    def __init__(self, from_logits: bool = True, reduction: str = "mean", weight: Any = None) -> None:
         self.from_logits = bool(from_logits)
         self.reduction = _check_reduction(reduction)
+        self.weight = _host_weights(weight, "CrossEntropy weight", (1,))
 
     def prepare_target(self, target, backend, dtype, output_shape):
         xp = backend.xp
@@ -140,7 +195,13 @@ class CrossEntropy(Loss):
                     f"CrossEntropy class indices must lie in [0, {classes - 1}] for {classes} outputs; "
                     f"found values from {low} to {high}"
                 )
-            return xp.astype(xp.reshape(y, (-1, 1)) == xp.arange(classes, device=backend.device), dtype)
+            one_hot = xp.astype(xp.reshape(y, (-1, 1)) == xp.arange(classes, device=backend.device), dtype)
+            if self.weight is None or self.reduction != "mean":
+                return one_hot
+            total = xp.sum(one_hot * _weights_like(self.weight, one_hot, "CrossEntropy weight", classes))
+            if not float(total) > 0.0:
+                raise ValueError("the class weights of these targets sum to 0, so their weighted mean is undefined")
+            return one_hot * (n / total)
         if tuple(y.shape) != (n, classes):
             raise ShapeError(
                 f"CrossEntropy targets have shape {tuple(y.shape)}; give class indices of shape ({n},) "
@@ -152,6 +213,8 @@ class CrossEntropy(Loss):
         xp = _namespace(prediction)
         n = prediction.shape[0]
         scale = 1.0 / n if self.reduction == "mean" else 1.0
+        if self.weight is not None:
+            target = target * _weights_like(self.weight, prediction, "CrossEntropy weight", prediction.shape[-1])
         if self.from_logits:
             log_q = log_softmax(xp, prediction)
             value = -xp.sum(target * log_q) * scale

@@ -2,11 +2,15 @@
 
 from backprop.layers.activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from backprop.layers.base import Layer
+from backprop.layers.batchnorm import BatchNorm1d
 from backprop.layers.dense import Dense
+from backprop.layers.dropout import Dropout
+from backprop.layers.layernorm import LayerNorm
 
 LAYERS: dict[str, type[Layer]] = {
     cls.__name__: cls for cls in (Dense, Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax)
 }
+LAYERS.update({cls.__name__: cls for cls in (Dropout, BatchNorm1d, LayerNorm)})
 
 
 def register_layer(cls: type[Layer]) -> type[Layer]:
@@ -16,3 +20,4 @@ def register_layer(cls: type[Layer]) -> type[Layer]:
 
 
 __all__ = ["Dense", "Identity", "LAYERS", "Layer", "LeakyReLU", "ReLU", "Sigmoid", "Softmax", "Tanh", "register_layer"]
+__all__ += ["BatchNorm1d", "Dropout", "LayerNorm"]

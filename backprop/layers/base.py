@@ -11,7 +11,8 @@ backend from host draws of ``rng`` and returns its output width. ``config()`` de
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 
@@ -45,6 +46,11 @@ class Layer:
     # -- computing ------------------------------------------------------------------------------------------
     def forward(self, x: Any, training: bool = False) -> tuple[Any, Backward]:
         raise NotImplementedError
+
+    def fixed_randomness(self) -> ContextManager:
+        """Context in which repeated training forwards reuse the same random draws (e.g. dropout masks), so
+        a gradient check sees a deterministic function. Layers that draw nothing return a null context."""
+        return contextlib.nullcontext()
 
     # -- describing -----------------------------------------------------------------------------------------
     def config(self) -> dict:

@@ -17,7 +17,10 @@ from backprop.layers.base import Layer
 class Dense(Layer):
     """``Dense(in_features, out_features, bias=True, init="glorot_uniform", bias_init="zeros")``.
 
-    The default initialisation is Glorot/Xavier uniform for W and zeros for b (Keras's defaults).
+    The default initialisation is Glorot/Xavier uniform for W and zeros for b (Keras's defaults), which suits
+    sigmoid and tanh networks. Before ReLU-family activations prefer ``init="he_uniform"`` (or ``"he_normal"``):
+    it keeps the activations' variance from halving at every layer. ``init`` and ``bias_init`` take a name from
+    ``bp.init.INITIALISERS`` or a callable ``init(rng, shape, fan_in, fan_out) -> numpy array``.
     """
 
     def __init__(

@@ -1,0 +1,74 @@
+"""Inverted dropout, with masks drawn on the host so that every backend sees the same masks for the same seed."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import numpy as np
+
+from backprop.layers.base import Layer
+
+
+class Dropout(Layer):
+    """``Dropout(p=0.5, seed=None)``: in training, zero each element with probability p and scale the rest.
+
+    Training:  y = x * m,  dL/dx = g * m,  with m = keep / (1 - p), keep ~ Bernoulli(1 - p) element-wise, so
+    E[y] = x and inference needs no rescaling ("inverted" dropout). Inference (``training=False``): y = x.
+
+    Masks come from a NumPy ``Generator`` on the host and are copied to the device, so a model run on the CPU
+    and on a GPU with the same seeds uses the same masks. The generator is ``default_rng(seed)`` or, with
+    ``seed=None``, a child spawned from the model's generator (deterministic for a seeded model, and without
+    consuming draws, so adding a dropout layer does not change the other layers' initial weights).
+
+    ``with layer.fixed_randomness():`` makes every training forward inside reuse one mask (the first one
+    drawn inside); `bp.gradcheck` uses it to see a deterministic function. ``last_mask`` is the last
+    mask drawn, as a host array of 0 and 1/(1 - p).
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout probability p must lie in [0, 1), got {p!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"Dropout seed must be a non-negative integer or None, got {seed!r}")
+        self.p = float(p)
+        self.seed = None if seed is None else int(seed)
+        self.last_mask: np.ndarray | None = None
+        self._generator: np.random.Generator | None = None
+        self._fixed = False
+
+    def build(self, in_features, backend, dtype, rng):
+        super().build(in_features, backend, dtype, rng)
+        self._generator = np.random.default_rng(self.seed) if self.seed is not None else rng.spawn(1)[0]
+        return in_features
+
+    @contextlib.contextmanager
+    def fixed_randomness(self) -> Iterator["Dropout"]:
+        """Within the block, training forwards reuse the first mask drawn inside it."""
+        self._fixed, self.last_mask = True, None
+        try:
+            yield self
+        finally:
+            self._fixed = False
+
+    def _draw_mask(self, shape: tuple) -> np.ndarray:
+        if self._fixed and self.last_mask is not None:
+            if self.last_mask.shape != shape:
+                raise ValueError(
+                    f"Dropout's fixed mask has shape {self.last_mask.shape} but the input has shape {shape}; "
+                    "keep the batch shape constant inside fixed_randomness()"
+                )
+            return self.last_mask
+        keep = self._generator.random(shape) >= self.p
+        self.last_mask = keep / (1.0 - self.p)
+        return self.last_mask
+
+    def forward(self, x: Any, training: bool = False):
+        if not training or self.p == 0.0:
+            return x, lambda dy, need_dx=True: dy
+        mask = self.backend.to_device(self._draw_mask(tuple(x.shape)), self.dtype)
+        return x * mask, lambda dy, need_dx=True: dy * mask
+
+    def config(self) -> dict:
+        return {"p": self.p, "seed": self.seed}

@@ -1,0 +1,35 @@
+"""Standardisation along one axis, shared by `BatchNorm1d` (axis 0, over the batch) and `LayerNorm` (axis -1).
+
+Over the m elements of ``axis``:  mu = mean(x),  var = mean((x - mu)^2) (biased),  r = 1 / sqrt(var + eps),
+x_hat = (x - mu) r.  Given g = dL/dx_hat, since mu and var depend on every element:
+    dL/dx = r (g - mean(g) - x_hat mean(g x_hat)).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def check_num_features(value: Any, layer: str) -> int:
+    """``value`` as an int, or a ValueError naming ``layer`` unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{layer} num_features must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def standardize(xp: Any, x: Any, axis: int, eps: float) -> tuple[Any, Any, Any, Any]:
+    """(x_hat, r, mu, var), with mu, var and r keeping ``axis`` as a length-1 dimension."""
+    mu = xp.mean(x, axis=axis, keepdims=True)
+    centered = x - mu
+    var = xp.mean(centered * centered, axis=axis, keepdims=True)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    return centered * inv_std, inv_std, mu, var
+
+
+def standardize_backward(xp: Any, grad_x_hat: Any, x_hat: Any, inv_std: Any, axis: int) -> Any:
+    """dL/dx = r (g - mean(g) - x_hat mean(g x_hat)) for g = dL/dx_hat (see the module docstring)."""
+    mean_grad = xp.mean(grad_x_hat, axis=axis, keepdims=True)
+    mean_projection = xp.mean(grad_x_hat * x_hat, axis=axis, keepdims=True)
+    return inv_std * (grad_x_hat - mean_grad - x_hat * mean_projection)

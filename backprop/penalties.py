@@ -1,0 +1,87 @@
+"""L1 and L2 penalties on parameters: R(w) is added to the loss and dR/dw to each parameter's ``.grad``.
+
+    penalty = bp.penalties.L2(1e-4)                      # 1e-4 * sum of w^2 over the weight matrices
+    bp.gradients.loss_and_backward(model, loss, x, y, penalty=penalty)   # value includes R(w)
+    bp.gradcheck(model, loss, x, y, penalty=penalty)
+
+By default a penalty applies to every parameter with two or more dimensions (the weight matrices of ``Dense``),
+not to biases or normalisation scales, as is customary; ``parameters=["0.weight", ...]`` picks others by name.
+Conventions are Keras's: ``L2(c)`` is c * sum w^2 (gradient 2 c w), so an optimiser's weight decay lambda equals
+``L2(lambda / 2)`` for plain SGD; ``L1(c)`` is c * sum |w| (gradient c sign(w), 0 at w = 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from backprop.errors import ConfigurationError
+
+
+def _coefficient(value: float, label: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
+        raise ValueError(f"{label} coefficient must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class Penalty:
+    """R(w) = l1 * sum |w| + l2 * sum w^2 over the selected parameters;  dR/dw = l1 sign(w) + 2 l2 w."""
+
+    def __init__(self, l1: float = 0.0, l2: float = 0.0, parameters: Iterable[str] | None = None) -> None:
+        self.l1, self.l2 = _coefficient(l1, "l1"), _coefficient(l2, "l2")
+        self.parameters = None if parameters is None else tuple(parameters)
+
+    def selected(self, model: Any) -> list:
+        """The model's parameters this penalty applies to, in order."""
+        named = dict(model.named_parameters())
+        if self.parameters is None:
+            chosen = [p for p in named.values() if len(p.shape) >= 2]
+        else:
+            unknown = [name for name in self.parameters if name not in named]
+            if unknown:
+                raise ConfigurationError(f"penalty names unknown parameters {unknown}; the model has {sorted(named)}")
+            chosen = [named[name] for name in self.parameters]
+        if not chosen:
+            raise ConfigurationError("the penalty applies to no parameter of this model; name them with parameters=[...]")
+        return chosen
+
+    def __call__(self, model: Any) -> Any:
+        """R(w) as a 0-d array on the model's device."""
+        return self._apply(model, accumulate=False)
+
+    def accumulate(self, model: Any) -> Any:
+        """Add dR/dw to each selected parameter's ``.grad``; return R(w) (a 0-d device array)."""
+        return self._apply(model, accumulate=True)
+
+    def _apply(self, model: Any, accumulate: bool) -> Any:
+        xp = model.backend.xp
+        total = None
+        with model.backend.activate():
+            for parameter in self.selected(model):
+                w = parameter.value
+                value = self.l1 * xp.sum(xp.abs(w)) + self.l2 * xp.sum(w * w)
+                if accumulate:
+                    parameter.accumulate(self.l1 * xp.sign(w) + (2.0 * self.l2) * w)
+                total = value if total is None else total + value
+        return total
+
+    def __repr__(self) -> str:
+        selection = "" if self.parameters is None else f", parameters={list(self.parameters)!r}"
+        return f"{type(self).__name__}(l1={self.l1!r}, l2={self.l2!r}{selection})"
+
+
+class L1(Penalty):
+    """R(w) = c * sum |w|;  dR/dw = c sign(w)."""
+
+    def __init__(self, c: float, parameters: Iterable[str] | None = None) -> None:
+        super().__init__(l1=c, parameters=parameters)
+
+
+class L2(Penalty):
+    """R(w) = c * sum w^2;  dR/dw = 2 c w."""
+
+    def __init__(self, c: float, parameters: Iterable[str] | None = None) -> None:
+        super().__init__(l2=c, parameters=parameters)
+
+
+class L1L2(Penalty):
+    """R(w) = l1 * sum |w| + l2 * sum w^2 (elastic net);  dR/dw = l1 sign(w) + 2 l2 w."""
