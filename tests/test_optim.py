@@ -394,3 +394,10 @@ def test_a_schedule_may_anneal_the_rate_to_zero_and_the_optimiser_still_restores
     restored = bp.optim.Adam(_params(), lr=0.1)
     restored.load_state_dict(json.loads(json.dumps(optimizer.state_dict())))
     assert restored.lr == 0.0
+
+
+def test_numpy_scalars_are_accepted_and_stored_as_json_able_floats():
+    optimizer = bp.optim.SGD(_params(), lr=np.float32(0.25), momentum=np.float64(0.5))
+    schedule = bp.optim.StepLR(optimizer, step_size=np.int64(2), gamma=np.float32(0.5))
+    assert json.loads(json.dumps(optimizer.state_dict()))["lr"] == 0.25
+    assert json.loads(json.dumps(schedule.state_dict()))["step_size"] == 2

@@ -13,7 +13,7 @@ count t (1 on its first), learning rate lr:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from backprop.errors import ConfigurationError
 from backprop.optim.base import Optimizer, check_betas, check_eps, check_learning_rate, check_weight_decay
@@ -52,7 +52,7 @@ class Adam(Optimizer):
             raise ConfigurationError(f"amsgrad must be True or False, got {amsgrad!r}")
         self.amsgrad = amsgrad
 
-    def apply_weight_decay(self, parameter: Parameter, gradient):
+    def apply_weight_decay(self, parameter: Parameter, gradient: Any) -> Any:
         """The gradient Adam's moments see: the L2 penalty's gradient lambda * w added to it."""
         return gradient + self.weight_decay * parameter.value if self.weight_decay else gradient
 

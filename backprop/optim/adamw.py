@@ -8,7 +8,7 @@ The weights shrink before the Adam step, and the moments see the bare gradient:
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from backprop.optim.adam import Adam
 from backprop.parameter import Parameter
@@ -29,7 +29,7 @@ class AdamW(Adam):
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
-    def apply_weight_decay(self, parameter: Parameter, gradient):
+    def apply_weight_decay(self, parameter: Parameter, gradient: Any) -> Any:
         """Shrink the weights in place, w = w * (1 - lr * lambda), and leave the gradient as it is."""
         if self.weight_decay:
             parameter.value *= 1.0 - self.lr * self.weight_decay

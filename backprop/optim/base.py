@@ -11,26 +11,28 @@ A fresh optimiser starts fresh slots, whatever an earlier optimiser left on the 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable
 
 from backprop.errors import CheckpointError, ConfigurationError
 from backprop.parameter import Parameter
 
 
-def _is_real(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+def is_real(value: Any) -> bool:
+    """A finite real number (NumPy scalars included; booleans are not numbers here)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def check_learning_rate(lr: Any, allow_zero: bool = False) -> float:
     """A learning rate is a finite number > 0; restoring a state allows 0, where a schedule may have annealed it."""
-    if not _is_real(lr) or lr < 0 or (lr == 0 and not allow_zero):
+    if not is_real(lr) or lr < 0 or (lr == 0 and not allow_zero):
         raise ConfigurationError(f"learning rate must be a finite number > 0, got {lr!r}")
     return float(lr)
 
 
 def check_fraction(name: str, value: Any, meaning: str, closed: bool = False) -> float:
     """``value`` as a float in [0, 1) (in [0, 1] when ``closed``), or a `ConfigurationError` saying what it means."""
-    if not _is_real(value) or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+    if not is_real(value) or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
         interval = "[0, 1]" if closed else "[0, 1)"
         raise ConfigurationError(f"{name} must be a number in {interval} ({meaning}), got {value!r}")
     return float(value)
@@ -47,13 +49,13 @@ def check_betas(betas: Any) -> tuple[float, float]:
 
 
 def check_eps(eps: Any) -> float:
-    if not _is_real(eps) or eps <= 0:
+    if not is_real(eps) or eps <= 0:
         raise ConfigurationError(f"eps must be a finite number > 0 (it keeps the denominator away from 0), got {eps!r}")
     return float(eps)
 
 
 def check_weight_decay(weight_decay: Any) -> float:
-    if not _is_real(weight_decay) or weight_decay < 0:
+    if not is_real(weight_decay) or weight_decay < 0:
         raise ConfigurationError(f"weight_decay must be a finite number >= 0 (0 turns it off), got {weight_decay!r}")
     return float(weight_decay)
 

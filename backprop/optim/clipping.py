@@ -12,6 +12,7 @@ a gradient are skipped.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable
 
 from backprop.errors import ConfigurationError, DeviceError, NonFiniteError
@@ -19,7 +20,7 @@ from backprop.parameter import Parameter
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
 

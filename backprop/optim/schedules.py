@@ -17,20 +17,21 @@ rate lr_0) and the number t of ``step()`` calls so far, by a closed formula (the
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from backprop.errors import CheckpointError, ConfigurationError
-from backprop.optim.base import Optimizer, check_learning_rate
+from backprop.optim.base import Optimizer, check_learning_rate, is_real
 
 
 def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return int(value)
 
 
 def _check_factor(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+    if not is_real(value) or not 0 < value <= 1:
         raise ConfigurationError(f"{name} must be a number in (0, 1] (a multiplier of the learning rate), got {value!r}")
     return float(value)
 
@@ -131,7 +132,7 @@ class CosineAnnealingLR(Schedule):
 
     def set_hyperparameters(self, T_max: int, eta_min: float = 0.0) -> None:
         self.T_max = _check_positive_int("T_max", T_max)
-        if isinstance(eta_min, bool) or not isinstance(eta_min, (int, float)) or not 0 <= eta_min <= self.base_lr:
+        if not is_real(eta_min) or not 0 <= eta_min <= self.base_lr:
             raise ConfigurationError(
                 f"eta_min must be a number in [0, {self.base_lr:g}] (at most the optimiser's learning rate), got {eta_min!r}"
             )
