@@ -1,26 +1,72 @@
 """`Optimizer`: updates parameters from their ``.grad``; its per-parameter slots live in ``parameter.state``.
 
 Because the slots live on the parameters, ``model.to(device)`` moves them and checkpoints save them, with no
-optimiser in hand. The optimiser itself keeps only host scalars: hyper-parameters and the step count.
+optimiser in hand. The optimiser itself keeps only host scalars: hyper-parameters, the number of steps taken and
+how many of them updated each parameter (a parameter without a gradient is skipped, as in ``torch.optim``).
+
+A fresh optimiser starts fresh slots, whatever an earlier optimiser left on the parameters; one restored with
+``load_state_dict`` continues the slots it finds there (that is how a checkpoint resumes).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable
 
-from backprop.errors import ConfigurationError
+from backprop.errors import CheckpointError, ConfigurationError
 from backprop.parameter import Parameter
 
 
-def check_learning_rate(lr: Any) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+def is_real(value: Any) -> bool:
+    """A finite real number (NumPy scalars included; booleans are not numbers here)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def check_learning_rate(lr: Any, allow_zero: bool = False) -> float:
+    """A learning rate is a finite number > 0; restoring a state allows 0, where a schedule may have annealed it."""
+    if not is_real(lr) or lr < 0 or (lr == 0 and not allow_zero):
         raise ConfigurationError(f"learning rate must be a finite number > 0, got {lr!r}")
     return float(lr)
 
 
+def check_fraction(name: str, value: Any, meaning: str, closed: bool = False) -> float:
+    """``value`` as a float in [0, 1) (in [0, 1] when ``closed``), or a `ConfigurationError` saying what it means."""
+    if not is_real(value) or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ConfigurationError(f"{name} must be a number in {interval} ({meaning}), got {value!r}")
+    return float(value)
+
+
+def check_betas(betas: Any) -> tuple[float, float]:
+    """Adam's ``(beta1, beta2)``: the decay rates of the running means of the gradient and of its square."""
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise ConfigurationError(f"betas must be a pair (beta1, beta2) such as (0.9, 0.999), got {betas!r}")
+    return (
+        check_fraction("betas[0]", betas[0], "decay of the running mean of the gradient, e.g. 0.9"),
+        check_fraction("betas[1]", betas[1], "decay of the running mean of the squared gradient, e.g. 0.999"),
+    )
+
+
+def check_eps(eps: Any) -> float:
+    if not is_real(eps) or eps <= 0:
+        raise ConfigurationError(f"eps must be a finite number > 0 (it keeps the denominator away from 0), got {eps!r}")
+    return float(eps)
+
+
+def check_weight_decay(weight_decay: Any) -> float:
+    if not is_real(weight_decay) or weight_decay < 0:
+        raise ConfigurationError(f"weight_decay must be a finite number >= 0 (0 turns it off), got {weight_decay!r}")
+    return float(weight_decay)
+
+
 class Optimizer:
-    """Base class: ``step()`` calls ``update(parameter)`` for every parameter that has a gradient."""
+    """Base class: ``step()`` calls ``update(parameter, step)`` for every parameter that has a gradient.
+
+    ``step`` is how many times this optimiser has updated that parameter, this update included (1 on the first).
+    Subclasses validate and set their hyper-parameters in ``set_hyperparameters`` (which ``load_state_dict``
+    calls too) and list them in ``hyperparameters()``.
+    """
 
     def __init__(self, params: Iterable[Parameter], lr: float) -> None:
         self.params = list(params)
@@ -28,8 +74,11 @@ class Optimizer:
             raise ValueError("the optimiser got no parameters; pass model.parameters()")
         if not all(isinstance(p, Parameter) for p in self.params):
             raise TypeError("the optimiser takes Parameter objects: pass model.parameters()")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("a parameter appears twice in the optimiser's parameters; pass each once")
         self.lr = check_learning_rate(lr)
         self.steps = 0
+        self.parameter_steps = [0] * len(self.params)
 
     def zero_grad(self) -> None:
         for parameter in self.params:
@@ -38,25 +87,72 @@ class Optimizer:
     def step(self) -> None:
         self.steps += 1
         with self.params[0].backend.activate():
-            for parameter in self.params:
+            for index, parameter in enumerate(self.params):
                 if parameter.has_grad:
-                    self.update(parameter)
+                    self.parameter_steps[index] += 1
+                    self.update(parameter, self.parameter_steps[index])
 
-    def update(self, parameter: Parameter) -> None:
+    def update(self, parameter: Parameter, step: int) -> None:
         raise NotImplementedError
+
+    def slot(self, parameter: Parameter, name: str, step: int) -> Any:
+        """The array ``parameter.state[name]``: new zeros on the parameter's first update, the stored one after."""
+        if step == 1:
+            parameter.state[name] = parameter.backend.xp.zeros_like(parameter.value)
+        elif name not in parameter.state:
+            raise CheckpointError(
+                f"parameter {parameter.name!r} has no optimiser slot {name!r} although {type(self).__name__} has "
+                f"updated it {step - 1} times: restore the model's optimiser state (parameter.state, saved with the "
+                "model) together with the optimiser's state_dict, or start a fresh optimiser"
+            )
+        return parameter.state[name]
 
     def hyperparameters(self) -> dict:
         """Host scalars that define the optimiser (saved in checkpoints)."""
         return {"lr": self.lr}
 
+    def set_hyperparameters(self, lr: float) -> None:
+        """Validate and set the hyper-parameters (the constructor has already refused lr = 0)."""
+        self.lr = check_learning_rate(lr, allow_zero=True)
+
     def state_dict(self) -> dict:
-        return {"type": type(self).__name__, "steps": self.steps, **self.hyperparameters()}
+        """JSON-able host data: the type, step counts and hyper-parameters (the slots live on the parameters)."""
+        return {
+            "type": type(self).__name__,
+            "steps": self.steps,
+            "parameter_steps": list(self.parameter_steps),
+            **self.hyperparameters(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps = int(state["steps"])
-        for key, value in state.items():
-            if key not in ("type", "steps"):
-                setattr(self, key, value)
+        """Restore what ``state_dict()`` returned (also after a JSON round trip); raises `CheckpointError` if it
+        belongs to another optimiser or another set of parameters."""
+        state = dict(state)
+        kind = state.pop("type", None)
+        if kind != type(self).__name__:
+            raise CheckpointError(f"this optimiser state belongs to {kind!r}, not to {type(self).__name__}")
+        steps = state.pop("steps", None)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise CheckpointError(f"optimiser state has steps={steps!r}; expected an integer >= 0")
+        parameter_steps = state.pop("parameter_steps", [steps] * len(self.params))
+        if (
+            not isinstance(parameter_steps, (list, tuple))
+            or len(parameter_steps) != len(self.params)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= steps for s in parameter_steps)
+        ):
+            raise CheckpointError(
+                f"optimiser state has parameter_steps={parameter_steps!r}; expected {len(self.params)} integers "
+                f"in [0, {steps}], one per parameter"
+            )
+        expected = set(self.hyperparameters())
+        if set(state) != expected:
+            raise CheckpointError(
+                f"optimiser state does not fit {type(self).__name__}: missing {sorted(expected - set(state))}, "
+                f"unexpected {sorted(set(state) - expected)}"
+            )
+        self.set_hyperparameters(**state)
+        self.steps = steps
+        self.parameter_steps = list(parameter_steps)
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())

@@ -1,0 +1,85 @@
+"""Adam (``torch.optim.Adam``): per-coordinate steps scaled by running moments of the gradient.
+
+With gradient g, weight decay lambda (added to the gradient, "L2"), betas (b1, b2), this parameter's update
+count t (1 on its first), learning rate lr:
+
+    g = g + lambda * w
+    m = b1 * m + (1 - b1) * g              (first moment; m = 0 before the first update)
+    v = b2 * v + (1 - b2) * g * g          (second moment; v = 0 before the first update)
+    v_max = max(v_max, v)                  (only with amsgrad; v_max is then used in place of v)
+    w = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+from backprop.errors import ConfigurationError
+from backprop.optim.base import Optimizer, check_betas, check_eps, check_learning_rate, check_weight_decay
+from backprop.parameter import Parameter
+
+
+class Adam(Optimizer):
+    """``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False)``; slots
+    ``"exp_avg"`` (m), ``"exp_avg_sq"`` (v) and, with amsgrad, ``"max_exp_avg_sq"`` (v_max)."""
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        super().__init__(params, lr)
+        self.set_hyperparameters(lr, betas, eps, weight_decay, amsgrad)
+
+    def set_hyperparameters(
+        self,
+        lr: float = 1e-3,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        self.lr = check_learning_rate(lr, allow_zero=True)
+        self.betas = check_betas(betas)
+        self.eps = check_eps(eps)
+        self.weight_decay = check_weight_decay(weight_decay)
+        if not isinstance(amsgrad, bool):
+            raise ConfigurationError(f"amsgrad must be True or False, got {amsgrad!r}")
+        self.amsgrad = amsgrad
+
+    def apply_weight_decay(self, parameter: Parameter, gradient: Any) -> Any:
+        """The gradient Adam's moments see: the L2 penalty's gradient lambda * w added to it."""
+        return gradient + self.weight_decay * parameter.value if self.weight_decay else gradient
+
+    def update(self, parameter: Parameter, step: int) -> None:
+        xp = parameter.backend.xp
+        beta1, beta2 = self.betas
+        gradient = self.apply_weight_decay(parameter, parameter.grad)
+        first = self.slot(parameter, "exp_avg", step)
+        first *= beta1
+        first += (1.0 - beta1) * gradient
+        parameter.state["exp_avg"] = first
+        second = self.slot(parameter, "exp_avg_sq", step)
+        second *= beta2
+        second += (1.0 - beta2) * (gradient * gradient)
+        parameter.state["exp_avg_sq"] = second
+        if self.amsgrad:
+            second = parameter.state["max_exp_avg_sq"] = xp.maximum(self.slot(parameter, "max_exp_avg_sq", step), second)
+        step_size = self.lr / (1.0 - beta1**step)
+        denominator = xp.sqrt(second) / math.sqrt(1.0 - beta2**step)
+        denominator += self.eps
+        parameter.value -= step_size * (first / denominator)
+
+    def hyperparameters(self) -> dict:
+        return {
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "amsgrad": self.amsgrad,
+        }

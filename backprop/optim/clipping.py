@@ -1,0 +1,90 @@
+"""Gradient clipping against exploding gradients (``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``).
+
+By global norm: with N = ||(g_1, ..., g_k)||_p over every gradient at once (p = 2 by default),
+    g_i = g_i * min(1, max_norm / (N + 1e-6))        (the direction is kept, the length capped near max_norm)
+By value:
+    g_i = clip(g_i, -clip_value, clip_value)          (elementwise; the direction may change)
+
+Both act in place on ``parameter.grad`` between the backward pass and ``optimizer.step()``; parameters without
+a gradient are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable
+
+from backprop.errors import ConfigurationError, DeviceError, NonFiniteError
+from backprop.parameter import Parameter
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _with_gradients(params: Iterable[Parameter]) -> list[Parameter]:
+    params = list(params)
+    if not all(isinstance(p, Parameter) for p in params):
+        raise TypeError("gradient clipping takes Parameter objects: pass model.parameters()")
+    with_gradients = [p for p in params if p.has_grad]
+    backends = {p.backend.spec for p in with_gradients}
+    if len(backends) > 1:
+        raise DeviceError(f"the parameters live on several devices {sorted(backends)}; clip each model separately")
+    return with_gradients
+
+
+def clip_grad_norm(
+    params: Iterable[Parameter], max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> float:
+    """Scale all gradients together so that their global ``norm_type``-norm is at most ``max_norm``.
+
+    Returns the norm before clipping as a host float (computed on the device in the parameters' dtype and read
+    once). ``norm_type`` may be ``math.inf`` (the largest absolute entry). A NaN or infinite norm raises
+    `NonFiniteError` when ``error_if_nonfinite``; otherwise the gradients are scaled as PyTorch does (by 0 for an
+    infinite norm, by NaN for a NaN one).
+    """
+    max_norm = _positive("max_norm", max_norm)
+    norm_type = _positive("norm_type", norm_type)
+    with_gradients = _with_gradients(params)
+    if not with_gradients:
+        return 0.0
+    backend = with_gradients[0].backend
+    xp = backend.xp
+    with backend.activate():
+        if norm_type == math.inf:
+            total = xp.max(xp.abs(with_gradients[0].grad))
+            for parameter in with_gradients[1:]:
+                total = xp.maximum(total, xp.max(xp.abs(parameter.grad)))
+        else:
+            total = None
+            for parameter in with_gradients:
+                grad = parameter.grad
+                power = xp.sum(grad * grad) if norm_type == 2.0 else xp.sum(xp.abs(grad) ** norm_type)
+                total = power if total is None else total + power
+            total = xp.sqrt(total) if norm_type == 2.0 else total ** (1.0 / norm_type)
+        total_norm = float(total)
+        if error_if_nonfinite and not math.isfinite(total_norm):
+            raise NonFiniteError(
+                f"the gradients' total {norm_type:g}-norm is {total_norm}: the loss or the gradients overflowed or "
+                "became NaN; lower the learning rate, check the data, or pass error_if_nonfinite=False"
+            )
+        coefficient = max_norm / (total_norm + 1e-6)
+        if not coefficient >= 1.0:  # NaN scales too, as in PyTorch
+            for parameter in with_gradients:
+                parameter.grad *= coefficient  # stores back on backends whose arrays are immutable
+    return total_norm
+
+
+def clip_grad_value(params: Iterable[Parameter], clip_value: float) -> None:
+    """Clip every gradient entry into [-clip_value, clip_value]."""
+    clip_value = _positive("clip_value", clip_value)
+    with_gradients = _with_gradients(params)
+    if not with_gradients:
+        return
+    backend = with_gradients[0].backend
+    with backend.activate():
+        for parameter in with_gradients:
+            parameter.grad = backend.xp.clip(parameter.grad, min=-clip_value, max=clip_value)

@@ -1,0 +1,92 @@
+"""RMSprop (``torch.optim.RMSprop``): steps divided by a running root mean square of the gradient.
+
+With gradient g, weight decay lambda, smoothing alpha, momentum mu, learning rate lr (s, a, b start at 0):
+
+    g = g + lambda * w
+    s = alpha * s + (1 - alpha) * g * g         (running mean of the squared gradient)
+    a = alpha * a + (1 - alpha) * g             (running mean of the gradient; only when centered)
+    r = sqrt(s - a * a) + eps  if centered,  else  sqrt(s) + eps
+    b = mu * b + g / r,  w = w - lr * b         when mu > 0
+    w = w - lr * g / r                           when mu = 0
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from backprop.errors import ConfigurationError
+from backprop.optim.base import Optimizer, check_eps, check_fraction, check_learning_rate, check_weight_decay
+from backprop.parameter import Parameter
+
+
+class RMSprop(Optimizer):
+    """``RMSprop(params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False)``; slots
+    ``"square_avg"`` (s), ``"grad_avg"`` (a, when centered) and ``"momentum_buffer"`` (b, when mu > 0)."""
+
+    def __init__(
+        self,
+        params: Iterable[Parameter],
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ) -> None:
+        super().__init__(params, lr)
+        self.set_hyperparameters(lr, alpha, eps, weight_decay, momentum, centered)
+
+    def set_hyperparameters(
+        self,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ) -> None:
+        self.lr = check_learning_rate(lr, allow_zero=True)
+        self.alpha = check_fraction("alpha", alpha, "the decay of the running mean of the squared gradient, e.g. 0.99")
+        self.eps = check_eps(eps)
+        self.weight_decay = check_weight_decay(weight_decay)
+        self.momentum = check_fraction("momentum", momentum, "the decay of the velocity, e.g. 0.9; 0 turns it off")
+        if not isinstance(centered, bool):
+            raise ConfigurationError(f"centered must be True or False, got {centered!r}")
+        self.centered = centered
+
+    def update(self, parameter: Parameter, step: int) -> None:
+        xp = parameter.backend.xp
+        gradient = parameter.grad
+        if self.weight_decay:
+            gradient = gradient + self.weight_decay * parameter.value
+        square_avg = self.slot(parameter, "square_avg", step)
+        square_avg *= self.alpha
+        square_avg += (1.0 - self.alpha) * (gradient * gradient)
+        parameter.state["square_avg"] = square_avg
+        if self.centered:
+            grad_avg = self.slot(parameter, "grad_avg", step)
+            grad_avg *= self.alpha
+            grad_avg += (1.0 - self.alpha) * gradient
+            parameter.state["grad_avg"] = grad_avg
+            root_mean_square = xp.sqrt(square_avg - grad_avg * grad_avg)
+        else:
+            root_mean_square = xp.sqrt(square_avg)
+        root_mean_square += self.eps
+        if self.momentum:
+            velocity = self.slot(parameter, "momentum_buffer", step)
+            velocity *= self.momentum
+            velocity += gradient / root_mean_square
+            parameter.state["momentum_buffer"] = velocity
+            parameter.value -= self.lr * velocity
+        else:
+            parameter.value -= self.lr * (gradient / root_mean_square)
+
+    def hyperparameters(self) -> dict:
+        return {
+            "lr": self.lr,
+            "alpha": self.alpha,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "momentum": self.momentum,
+            "centered": self.centered,
+        }

@@ -1,0 +1,197 @@
+"""Learning-rate schedules: call ``schedule.step()`` once per epoch (or per batch), after ``optimizer.step()``.
+
+Each schedule sets ``optimizer.lr`` from the learning rate the optimiser had when the schedule was made (the base
+rate lr_0) and the number t of ``step()`` calls so far, by a closed formula (the values of
+``torch.optim.lr_scheduler``'s schedules of the same name, to rounding):
+
+    StepLR:             lr_t = lr_0 * gamma ^ floor(t / step_size)
+    ExponentialLR:      lr_t = lr_0 * gamma ^ t
+    CosineAnnealingLR:  lr_t = eta_min + (lr_0 - eta_min) * (1 + cos(pi * t / T_max)) / 2
+                        (after T_max the rate rises again along the cosine, as PyTorch's does)
+    LinearWarmup:       lr_t = lr_0 * (f + (1 - f) * t / warmup_steps) for t < warmup_steps, f = start_factor;
+                        then lr_0, or the wrapped schedule's rate at t - warmup_steps (``after=``)
+
+``state_dict()`` is JSON-able host data, so checkpoints can save a schedule next to its optimiser.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from backprop.errors import CheckpointError, ConfigurationError
+from backprop.optim.base import Optimizer, check_learning_rate, is_real
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_factor(name: str, value: Any) -> float:
+    if not is_real(value) or not 0 < value <= 1:
+        raise ConfigurationError(f"{name} must be a number in (0, 1] (a multiplier of the learning rate), got {value!r}")
+    return float(value)
+
+
+class Schedule:
+    """Base class: ``step()`` advances t by one and sets ``optimizer.lr = lr_at(t)``; t = 0 leaves lr_0."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"a schedule takes an optimiser from bp.optim, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_step = 0
+
+    def lr_at(self, step: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> float:
+        """Advance one step; set and return the optimiser's new learning rate."""
+        self.last_step += 1
+        self.optimizer.lr = self.lr_at(self.last_step)
+        return self.optimizer.lr
+
+    def hyperparameters(self) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"type": type(self).__name__, "base_lr": self.base_lr, "last_step": self.last_step, **self.hyperparameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s data (hyper-parameters included) and set the optimiser's rate to match."""
+        state = dict(state)
+        if state.pop("type", None) != type(self).__name__:
+            raise CheckpointError(f"this schedule state is not for {type(self).__name__}: {state!r}")
+        last_step = state.pop("last_step", None)
+        if isinstance(last_step, bool) or not isinstance(last_step, int) or last_step < 0:
+            raise CheckpointError(f"schedule state has last_step={last_step!r}; expected an integer >= 0")
+        self.base_lr = check_learning_rate(state.pop("base_lr", None))
+        expected = set(self.hyperparameters())
+        if set(state) != expected:
+            raise CheckpointError(
+                f"schedule state does not fit {type(self).__name__}: missing {sorted(expected - set(state))}, "
+                f"unexpected {sorted(set(state) - expected)}"
+            )
+        self.set_hyperparameters(**state)
+        self.last_step = last_step
+        self.optimizer.lr = self.lr_at(last_step)
+
+    def set_hyperparameters(self, **hyperparameters: Any) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({arguments}, last_step={self.last_step})"
+
+
+class StepLR(Schedule):
+    """Multiply the rate by ``gamma`` every ``step_size`` steps."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
+        super().__init__(optimizer)
+        self.set_hyperparameters(step_size, gamma)
+
+    def set_hyperparameters(self, step_size: int, gamma: float = 0.1) -> None:
+        self.step_size = _check_positive_int("step_size", step_size)
+        self.gamma = _check_factor("gamma", gamma)
+
+    def lr_at(self, step: int) -> float:
+        return self.base_lr * self.gamma ** (step // self.step_size)
+
+    def hyperparameters(self) -> dict:
+        return {"step_size": self.step_size, "gamma": self.gamma}
+
+
+class ExponentialLR(Schedule):
+    """Multiply the rate by ``gamma`` every step."""
+
+    def __init__(self, optimizer: Optimizer, gamma: float) -> None:
+        super().__init__(optimizer)
+        self.set_hyperparameters(gamma)
+
+    def set_hyperparameters(self, gamma: float) -> None:
+        self.gamma = _check_factor("gamma", gamma)
+
+    def lr_at(self, step: int) -> float:
+        return self.base_lr * self.gamma**step
+
+    def hyperparameters(self) -> dict:
+        return {"gamma": self.gamma}
+
+
+class CosineAnnealingLR(Schedule):
+    """Anneal the rate from lr_0 to ``eta_min`` along half a cosine over ``T_max`` steps."""
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
+        super().__init__(optimizer)
+        self.set_hyperparameters(T_max, eta_min)
+
+    def set_hyperparameters(self, T_max: int, eta_min: float = 0.0) -> None:
+        self.T_max = _check_positive_int("T_max", T_max)
+        if not is_real(eta_min) or not 0 <= eta_min <= self.base_lr:
+            raise ConfigurationError(
+                f"eta_min must be a number in [0, {self.base_lr:g}] (at most the optimiser's learning rate), got {eta_min!r}"
+            )
+        self.eta_min = float(eta_min)
+
+    def lr_at(self, step: int) -> float:
+        return self.eta_min + (self.base_lr - self.eta_min) * (1.0 + math.cos(math.pi * step / self.T_max)) / 2.0
+
+    def hyperparameters(self) -> dict:
+        return {"T_max": self.T_max, "eta_min": self.eta_min}
+
+
+class LinearWarmup(Schedule):
+    """Raise the rate linearly from ``start_factor * lr_0`` to lr_0 over ``warmup_steps`` steps, then hand over
+    to ``after`` (a schedule built on the same optimiser before this one, and never stepped itself) or keep lr_0.
+
+    ``LinearWarmup(opt, 5, 0.1, after=CosineAnnealingLR(opt, T_max=95))`` warms up for 5 steps, then anneals.
+    """
+
+    def __init__(
+        self, optimizer: Optimizer, warmup_steps: int, start_factor: float = 1.0 / 3, after: Schedule | None = None
+    ) -> None:
+        super().__init__(optimizer)
+        if after is not None:
+            if not isinstance(after, Schedule) or after.optimizer is not optimizer:
+                raise ConfigurationError("after must be a schedule built on the same optimiser as the warm-up")
+            if after.last_step != 0:
+                raise ConfigurationError("the schedule after the warm-up must not have been stepped yet")
+            self.base_lr = after.base_lr
+        self.after = after
+        self.set_hyperparameters(warmup_steps, start_factor)
+        optimizer.lr = self.base_lr * self.start_factor
+
+    def set_hyperparameters(self, warmup_steps: int, start_factor: float = 1.0 / 3) -> None:
+        self.warmup_steps = _check_positive_int("warmup_steps", warmup_steps)
+        self.start_factor = _check_factor("start_factor", start_factor)
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (self.start_factor + (1.0 - self.start_factor) * step / self.warmup_steps)
+        if self.after is None:
+            return self.base_lr
+        return self.after.lr_at(step - self.warmup_steps)
+
+    def hyperparameters(self) -> dict:
+        return {"warmup_steps": self.warmup_steps, "start_factor": self.start_factor}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "after": None if self.after is None else self.after.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        after = state.pop("after", None)
+        if (after is None) != (self.after is None):
+            raise CheckpointError(
+                "the saved warm-up " + ("had no schedule after it" if after is None else "was followed by a schedule")
+                + ", this one " + ("has one" if after is None else "has none")
+            )
+        if after is not None:
+            self.after.load_state_dict(after)
+        super().load_state_dict(state)
+
