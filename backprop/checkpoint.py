@@ -342,10 +342,10 @@ def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
     if magic != MAGIC:
         raise CheckpointError(f"{path} is not a backprop checkpoint (it starts with {magic!r}, not the magic bytes {MAGIC!r})")
     if version != FORMAT_VERSION:
-        newer = " written by a newer backprop; upgrade backprop to read it" if version > FORMAT_VERSION else ""
+        cause = ("it was written by a newer backprop: upgrade backprop to read it (unless the file is corrupted)"
+                 if version > FORMAT_VERSION else "the file is corrupted")
         raise CheckpointError(
-            f"{path} has checkpoint format version {version}, this backprop reads version {FORMAT_VERSION}{newer} "
-            "(or the file is corrupted)"
+            f"{path} has checkpoint format version {version}, this backprop reads version {FORMAT_VERSION}; {cause}"
         )
     payload_start = _FIXED_HEADER.size + json_length
     if payload_start > len(data):
