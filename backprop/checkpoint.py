@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping, Union
 
 import numpy as np
 
+from backprop.backends import Backend
 from backprop.callbacks import Callback
 from backprop.errors import CheckpointError, ConfigurationError, ShapeError
 
@@ -103,9 +104,11 @@ def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, 
     try:
         header_json = json.dumps(document, default=_json_scalar).encode("utf-8")
     except TypeError as error:
-        raise CheckpointError(f"cannot save {path}: the architecture, optimiser or extra is not JSON data ({error})") from None
+        raise CheckpointError(
+            f"cannot save {path}: the architecture, optimiser or extra is not JSON data ({error})"
+        ) from None
     fixed = _FIXED_HEADER.pack(MAGIC, FORMAT_VERSION, len(header_json), zlib.crc32(header_json))
-    return _atomic_write(path, [fixed, header_json, *(memoryview(b).cast("B") for b in blobs)])
+    return _atomic_write(path, [fixed, header_json, *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
 
 
 def export_safetensors(model: Any, path: PathLike, metadata: Mapping[str, str] | None = None) -> Path:
@@ -126,7 +129,7 @@ def export_safetensors(model: Any, path: PathLike, metadata: Mapping[str, str] |
         offset += blob.nbytes
     encoded = json.dumps(header).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    return _atomic_write(path, [struct.pack("<Q", len(encoded)), encoded, *(memoryview(b).cast("B") for b in blobs)])
+    return _atomic_write(path, [struct.pack("<Q", len(encoded)), encoded, *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
 
 
 def _check_optimizer_owns(model: Any, optimizer: Any) -> None:
@@ -163,8 +166,8 @@ def _atomic_write(path: PathLike, chunks: Iterable[Any]) -> Path:
     if not directory.is_dir():
         raise CheckpointError(f"cannot save {target}: directory {directory} does not exist")
     temporary = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(descriptor, "wb") as handle:
             _write_all(handle, chunks)
             handle.flush()
@@ -189,7 +192,7 @@ def _fsync_directory(directory: Path) -> None:
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
-def load(path: PathLike, device: Any = "cpu", dtype: str | None = None) -> Any:
+def load(path: PathLike, device: "str | Backend" = "cpu", dtype: str | None = None) -> Any:
     """Rebuild the saved model on ``device`` (any backend, whatever it was saved on) with its parameters and buffers.
 
     ``dtype`` overrides the saved dtype (e.g. ``"float32"`` for a float64 checkpoint on a device without float64).
@@ -198,7 +201,7 @@ def load(path: PathLike, device: Any = "cpu", dtype: str | None = None) -> Any:
     return _restore(_read(path), path, device, dtype, with_optimizer=False).model
 
 
-def load_checkpoint(path: PathLike, device: Any = "cpu", dtype: str | None = None) -> Checkpoint:
+def load_checkpoint(path: PathLike, device: "str | Backend" = "cpu", dtype: str | None = None) -> Checkpoint:
     """Rebuild the model and, if one was saved, its optimiser (type, hyper-parameters, step count, slots), plus
     the ``extra`` metadata. Training continued from it follows the same trajectory as uninterrupted training."""
     return _restore(_read(path), path, device, dtype, with_optimizer=True)
@@ -226,7 +229,9 @@ def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
     return document["extra"]
 
 
-def _restore(parsed: tuple[dict, dict], path: PathLike, device: Any, dtype: str | None, with_optimizer: bool) -> Checkpoint:
+def _restore(
+    parsed: tuple[dict, dict], path: PathLike, device: "str | Backend", dtype: str | None, with_optimizer: bool
+) -> Checkpoint:
     from backprop.model import Sequential
 
     document, tensors = parsed
@@ -251,7 +256,9 @@ def _build_layer(index: int, entry: Any, path: PathLike) -> Any:
     from backprop.layers import LAYERS
 
     if not isinstance(entry, dict) or not isinstance(entry.get("config", {}), dict):
-        raise CheckpointError(f"{path}: layer {index} is described as {entry!r}, not as {{'type': ..., 'config': {{...}}}}")
+        raise CheckpointError(
+            f"{path}: layer {index} is described as {entry!r}, not as {{'type': ..., 'config': {{...}}}}"
+        )
     kind = entry.get("type")
     if kind not in LAYERS:
         raise CheckpointError(
@@ -261,7 +268,9 @@ def _build_layer(index: int, entry: Any, path: PathLike) -> Any:
     try:
         return LAYERS[kind](**entry.get("config", {}))
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: layer {index} ({kind}) cannot be rebuilt from {entry.get('config')!r}: {error}") from None
+        raise CheckpointError(
+            f"{path}: layer {index} ({kind}) cannot be rebuilt from {entry.get('config')!r}: {error}"
+        ) from None
 
 
 def _optimizer_class(name: Any, path: PathLike) -> type:
@@ -276,12 +285,15 @@ def _optimizer_class(name: Any, path: PathLike) -> type:
 
 def _build_optimizer(model: Any, state: dict, path: PathLike) -> Any:
     cls = _optimizer_class(state.get("type"), path)
-    hyperparameters = {k: v for k, v in state.items() if k not in ("type", "steps")}
+    # JSON turns tuples (Adam's betas) into lists: hyper-parameters are scalars or tuples, so lists go back to tuples.
+    hyperparameters = {k: tuple(v) if isinstance(v, list) else v for k, v in state.items() if k not in ("type", "steps")}
     try:
         optimizer = cls(model.parameters(), **hyperparameters)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: optimiser {cls.__name__} cannot be rebuilt from {hyperparameters!r}: {error}") from None
-    optimizer.load_state_dict(state)
+        raise CheckpointError(
+            f"{path}: optimiser {cls.__name__} cannot be rebuilt from {hyperparameters!r}: {error}"
+        ) from None
+    optimizer.load_state_dict({"steps": state.get("steps", 0), **hyperparameters})
     return optimizer
 
 
@@ -319,11 +331,15 @@ def _check_fit(model: Any, tensors: dict, path: PathLike) -> None:
         )
     for name, shape in expected.items():
         if saved[name] != shape:
-            raise CheckpointError(f"{path} does not fit the model: {name!r} has shape {saved[name]} in the file, {shape} in the model")
+            raise CheckpointError(
+                f"{path} does not fit the model: {name!r} has shape {saved[name]} in the file, {shape} in the model"
+            )
     for name, (role, host) in tensors.items():
         owner = name.partition(_STATE)[0]
         if role == "state" and (owner not in expected or host.shape != expected[owner]):
-            raise CheckpointError(f"{path}: optimiser slot {name!r} has shape {host.shape}, its parameter {expected.get(owner)}")
+            raise CheckpointError(
+                f"{path}: optimiser slot {name!r} has shape {host.shape}, its parameter {expected.get(owner)}"
+            )
 
 
 def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
@@ -336,11 +352,15 @@ def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
         raise CheckpointError(f"{path} is a directory, not a checkpoint file") from None
     if len(data) < _FIXED_HEADER.size:
         if MAGIC.startswith(data[: len(MAGIC)]):
-            raise CheckpointError(f"{path} is truncated: {len(data)} bytes, shorter than the {_FIXED_HEADER.size}-byte header")
+            raise CheckpointError(
+                f"{path} is truncated: {len(data)} bytes, shorter than the {_FIXED_HEADER.size}-byte header"
+            )
         raise CheckpointError(f"{path} is not a backprop checkpoint (it does not start with the magic bytes {MAGIC!r})")
     magic, version, json_length, json_crc = _FIXED_HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise CheckpointError(f"{path} is not a backprop checkpoint (it starts with {magic!r}, not the magic bytes {MAGIC!r})")
+        raise CheckpointError(
+            f"{path} is not a backprop checkpoint (it starts with {magic!r}, not the magic bytes {MAGIC!r})"
+        )
     if version != FORMAT_VERSION:
         cause = ("it was written by a newer backprop: upgrade backprop to read it (unless the file is corrupted)"
                  if version > FORMAT_VERSION else "the file is corrupted")
@@ -350,7 +370,8 @@ def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
     payload_start = _FIXED_HEADER.size + json_length
     if payload_start > len(data):
         raise CheckpointError(
-            f"{path} is truncated (or its header is corrupted): {len(data)} bytes, the header alone announces {payload_start}"
+            f"{path} is truncated (or its header is corrupted): {len(data)} bytes, "
+            f"the header alone announces {payload_start}"
         )
     header_json = data[_FIXED_HEADER.size:payload_start]
     if zlib.crc32(header_json) != json_crc:
@@ -443,6 +464,8 @@ class ModelCheckpoint(Callback):
         try:
             path = self.path.format(**{**logs, "epoch": epoch})
         except (KeyError, IndexError, ValueError) as error:
-            raise ConfigurationError(f"ModelCheckpoint path {self.path!r} cannot be formatted with epoch and {sorted(logs)}: {error}") from None
+            raise ConfigurationError(
+                f"ModelCheckpoint path {self.path!r} cannot be formatted with epoch and {sorted(logs)}: {error}"
+            ) from None
         self.last_saved = save(self.model, path, optimizer=self.optimizer,
                                extra={"epoch": epoch, "logs": {k: float(v) for k, v in logs.items()}})

@@ -410,3 +410,22 @@ def test_safetensors_export_reads_back_with_the_safetensors_package(tmp_path):
     model = make_model(dtype="float32")
     tensors = safetensors_numpy.load_file(str(bp.export_safetensors(model, tmp_path / "m.safetensors")))
     assert_identical(tensors, model.state_dict())
+
+
+def test_an_optimiser_registered_in_backprop_optim_is_rebuilt_with_tuple_hyperparameters(tmp_path, monkeypatch):
+    class TwoRates(bp.optim.SGD):
+        def __init__(self, params, lr, momentum=0.0, rates=(0.5, 0.25)):
+            super().__init__(params, lr, momentum)
+            assert isinstance(rates, tuple), "JSON lists must come back as tuples"
+            self.rates = rates
+
+        def hyperparameters(self):
+            return {**super().hyperparameters(), "rates": self.rates}
+
+    monkeypatch.setattr(bp.optim, "TwoRates", TwoRates, raising=False)
+    model = make_model()
+    optimizer = TwoRates(model.parameters(), lr=0.1, rates=(0.9, 0.999))
+    train(model, optimizer, 2)
+    restored = bp.load_checkpoint(bp.save(model, tmp_path / "m.bpk", optimizer)).optimizer
+    assert type(restored) is TwoRates
+    assert restored.state_dict() == {"type": "TwoRates", "steps": 2, "lr": 0.1, "momentum": 0.0, "rates": (0.9, 0.999)}
