@@ -192,8 +192,9 @@ def _fsync_directory(directory: Path) -> None:
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
-def load(path: PathLike, device: "str | Backend" = "cpu", dtype: str | None = None) -> Any:
-    """Rebuild the saved model on ``device`` (any backend, whatever it was saved on) with its parameters and buffers.
+def load(path: PathLike, device: "str | Backend | None" = None, dtype: str | None = None) -> Any:
+    """Rebuild the saved model on ``device`` (any backend, whatever it was saved on; ``None`` means ``"cpu"``) with
+    its parameters and buffers.
 
     ``dtype`` overrides the saved dtype (e.g. ``"float32"`` for a float64 checkpoint on a device without float64).
     Optimiser slots are not restored: use `load_checkpoint` to resume training with the optimiser.
@@ -201,7 +202,7 @@ def load(path: PathLike, device: "str | Backend" = "cpu", dtype: str | None = No
     return _restore(_read(path), path, device, dtype, with_optimizer=False).model
 
 
-def load_checkpoint(path: PathLike, device: "str | Backend" = "cpu", dtype: str | None = None) -> Checkpoint:
+def load_checkpoint(path: PathLike, device: "str | Backend | None" = None, dtype: str | None = None) -> Checkpoint:
     """Rebuild the model and, if one was saved, its optimiser (type, hyper-parameters, step count, slots), plus
     the ``extra`` metadata. Training continued from it follows the same trajectory as uninterrupted training."""
     return _restore(_read(path), path, device, dtype, with_optimizer=True)
@@ -230,7 +231,7 @@ def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
 
 
 def _restore(
-    parsed: tuple[dict, dict], path: PathLike, device: "str | Backend", dtype: str | None, with_optimizer: bool
+    parsed: tuple[dict, dict], path: PathLike, device: "str | Backend | None", dtype: str | None, with_optimizer: bool
 ) -> Checkpoint:
     from backprop.model import Sequential
 
@@ -240,7 +241,7 @@ def _restore(
         raise CheckpointError(f"{path} holds a {described.get('class')!r} model; this backprop rebuilds Sequential only")
     layers = [_build_layer(index, entry, path) for index, entry in enumerate(described["config"].get("layers", []))]
     try:
-        model = Sequential(*layers, device=device, dtype=dtype or described["dtype"], seed=described.get("seed"))
+        model = Sequential(*layers, device=device or "cpu", dtype=dtype or described["dtype"], seed=described.get("seed"))
     except ShapeError as error:
         raise CheckpointError(f"{path}: the saved layers do not chain: {error}") from None
     _check_fit(model, tensors, path)

@@ -104,7 +104,9 @@ def test_saved_on_one_device_loads_identically_on_another(source, target, tmp_pa
     model = make_model(source)
     optimizer = bp.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
     train(model, optimizer, 3)
-    loaded = bp.load_checkpoint(bp.save(model, tmp_path / "m.bpk", optimizer), device=target)
+    path = bp.save(model, tmp_path / "m.bpk", optimizer)
+    assert bp.load(path).device == "cpu", "without a device, a checkpoint loads on the CPU whatever it was saved on"
+    loaded = bp.load_checkpoint(path, device=target)
     assert loaded.model.device == target
     assert_identical(loaded.model.state_dict(), model.state_dict())
     assert_identical(slots(loaded.model), slots(model))
