@@ -7,6 +7,7 @@
 
 from backprop import backends, errors, init, losses, optim, penalties
 from backprop.backends import get_backend, to_numpy
+from backprop.checkpoint import Checkpoint, ModelCheckpoint, export_safetensors, load, load_checkpoint, load_into, save
 from backprop.gradients import gradcheck, value_and_grad
 from backprop.layers import Dense, Identity, Layer, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from backprop.layers import BatchNorm1d, Dropout, LayerNorm
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Dense", "Identity", "Layer", "LeakyReLU", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
+    "Checkpoint", "ModelCheckpoint", "export_safetensors", "load", "load_checkpoint", "load_into", "save",
     "backends", "errors", "get_backend", "gradcheck", "init", "losses", "optim", "to_numpy", "value_and_grad",
 ]
 __all__ += ["BatchNorm1d", "Dropout", "LayerNorm", "penalties"]

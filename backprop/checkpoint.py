@@ -1,0 +1,472 @@
+"""Checkpoints: one file, nothing executed on load, saved on one device and loaded on any other.
+
+``save(model, path, optimizer=None, extra=None)`` writes; ``load(path, device)`` rebuilds the model;
+``load_checkpoint(path, device)`` rebuilds the model *and* its optimiser (to resume training);
+``load_into(model, path, optimizer=None)`` fills an existing model. ``ModelCheckpoint`` saves during ``fit``.
+
+File layout (every integer little-endian)::
+
+    offset 0   8 bytes   magic  b"\\x89BPCKPT\\n"
+    offset 8   uint32    format version (FORMAT_VERSION)
+    offset 12  uint64    length J of the JSON section
+    offset 20  uint32    CRC-32 of the JSON section
+    offset 24  J bytes   JSON (UTF-8): format version, architecture (``model.config()``), dtype, seed,
+                         optimiser type and hyper-parameters, user metadata, and the tensor table:
+                         name, role, dtype (explicit byte order, e.g. "<f4"), shape, offset, length, CRC-32
+    24 + J     payload   raw tensor bytes, back to back, at the offsets the table gives
+
+Tensors are host copies: parameters (``"0.weight"``), buffers (``model.named_buffers()``) and, when an optimiser
+is saved, its per-parameter slots, which live in ``parameter.state`` (``"0.weight/state/momentum"``). Layer types
+are resolved by name through ``backprop.layers.LAYERS`` and optimisers through ``backprop.optim``; no pickle, no
+``eval``: a file can only name classes that are already registered. Every failure to read raises
+`CheckpointError` naming the problem (truncation, a flipped byte, a wrong magic or version, an unknown layer, a
+checkpoint that does not fit the model).
+
+Writes are atomic: the bytes go to a temporary file in the target's directory, which is flushed, fsynced and
+renamed over the target (then the directory is fsynced), so a crash mid-save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Union
+
+import numpy as np
+
+from backprop.backends import Backend
+from backprop.callbacks import Callback
+from backprop.errors import CheckpointError, ConfigurationError, ShapeError
+
+MAGIC = b"\x89BPCKPT\n"
+FORMAT_VERSION = 1
+_FIXED_HEADER = struct.Struct("<8sIQI")  # magic, format version, JSON length, JSON CRC-32
+# Only these dtypes can be named in a file: plain little-endian numbers, never objects.
+_DTYPES = {name: np.dtype(name) for name in ("<f2", "<f4", "<f8", "<i4", "<i8", "|u1", "|b1")}
+_SAFETENSORS_DTYPES = {"<f2": "F16", "<f4": "F32", "<f8": "F64", "<i4": "I32", "<i8": "I64", "|u1": "U8", "|b1": "BOOL"}
+_STATE = "/state/"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` returns: the model, its optimiser (``None`` if none was saved) and ``extra``,
+    the JSON metadata given to ``save`` (``ModelCheckpoint`` stores ``{"epoch": ..., "logs": {...}}`` there)."""
+
+    model: Any
+    optimizer: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
+def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (and ``optimizer``'s hyper-parameters, step count and slots) to ``path`` atomically.
+
+    ``extra`` is JSON-able metadata stored alongside (an epoch number, a schedule's state, ...). Returns the path.
+    """
+    if optimizer is not None:
+        _check_optimizer_owns(model, optimizer)
+    tensors: list[tuple[str, str, np.ndarray]] = [
+        (name, "parameter", parameter.backend.to_numpy(parameter.value)) for name, parameter in model.named_parameters()
+    ]
+    tensors += [(name, "buffer", model.backend.to_numpy(value)) for name, value in model.named_buffers()]
+    if optimizer is not None:
+        for name, parameter in model.named_parameters():
+            for slot, value in parameter.state.items():
+                tensors.append((f"{name}{_STATE}{slot}", "state", parameter.backend.to_numpy(value)))
+
+    table, blobs, offset = [], [], 0
+    for name, role, host in tensors:
+        blob = _little_endian(host, name)
+        table.append({
+            "name": name, "role": role, "dtype": blob.dtype.str, "shape": list(blob.shape),
+            "offset": offset, "length": blob.nbytes, "crc32": zlib.crc32(blob),
+        })
+        blobs.append(blob)
+        offset += blob.nbytes
+    document = {
+        "format": "backprop-checkpoint",
+        "format_version": FORMAT_VERSION,
+        "model": {"class": type(model).__name__, "config": model.config(), "dtype": model.dtype,
+                  "seed": model.seed, "saved_on": model.device},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "extra": dict(extra or {}),
+        "tensors": table,
+        "payload_length": offset,
+    }
+    try:
+        header_json = json.dumps(document, default=_json_scalar).encode("utf-8")
+    except TypeError as error:
+        raise CheckpointError(
+            f"cannot save {path}: the architecture, optimiser or extra is not JSON data ({error})"
+        ) from None
+    fixed = _FIXED_HEADER.pack(MAGIC, FORMAT_VERSION, len(header_json), zlib.crc32(header_json))
+    return _atomic_write(path, [fixed, header_json, *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
+
+
+def export_safetensors(model: Any, path: PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write parameters and buffers in the safetensors format (readable by PyTorch, JAX, ... tools), atomically.
+
+    Layout: uint64 little-endian header length N, N bytes of JSON ``{name: {"dtype": "F32", "shape": [...],
+    "data_offsets": [begin, end]}, "__metadata__": {...}}`` padded with spaces to a multiple of 8, then the data.
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": "backprop", "architecture": json.dumps(model.config()),
+                                               **{str(k): str(v) for k, v in (metadata or {}).items()}}}
+    blobs, offset = [], 0
+    state = model.state_dict()
+    for name in sorted(state):
+        blob = _little_endian(state[name], name)
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[blob.dtype.str], "shape": list(blob.shape),
+                        "data_offsets": [offset, offset + blob.nbytes]}
+        blobs.append(blob)
+        offset += blob.nbytes
+    encoded = json.dumps(header).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return _atomic_write(path, [struct.pack("<Q", len(encoded)), encoded, *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
+
+
+def _check_optimizer_owns(model: Any, optimizer: Any) -> None:
+    ours = {id(p) for p in model.parameters()}
+    if not all(id(p) in ours for p in optimizer.params):
+        raise CheckpointError("the optimiser given to save() updates parameters that are not this model's")
+
+
+def _little_endian(host: Any, name: str) -> np.ndarray:
+    array = np.asarray(host)
+    target = array.dtype.newbyteorder("<")
+    if target.str not in _DTYPES:
+        raise CheckpointError(f"cannot save {name!r}: dtype {array.dtype} is not one of {sorted(_DTYPES)}")
+    return np.ascontiguousarray(array, dtype=target)
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+def _write_all(handle: Any, chunks: Iterable[Any]) -> None:
+    for chunk in chunks:
+        handle.write(chunk)
+
+
+def _atomic_write(path: PathLike, chunks: Iterable[Any]) -> Path:
+    """Write to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the directory."""
+    target = Path(path)
+    directory = target.parent
+    if not directory.is_dir():
+        raise CheckpointError(f"cannot save {target}: directory {directory} does not exist")
+    temporary = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            _write_all(handle, chunks)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+    return target
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (POSIX); Windows cannot open a directory, and needs no such step."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+def load(path: PathLike, device: "str | Backend | None" = None, dtype: str | None = None) -> Any:
+    """Rebuild the saved model on ``device`` (any backend, whatever it was saved on; ``None`` means ``"cpu"``) with
+    its parameters and buffers.
+
+    ``dtype`` overrides the saved dtype (e.g. ``"float32"`` for a float64 checkpoint on a device without float64).
+    Optimiser slots are not restored: use `load_checkpoint` to resume training with the optimiser.
+    """
+    return _restore(_read(path), path, device, dtype, with_optimizer=False).model
+
+
+def load_checkpoint(path: PathLike, device: "str | Backend | None" = None, dtype: str | None = None) -> Checkpoint:
+    """Rebuild the model and, if one was saved, its optimiser (type, hyper-parameters, step count, slots), plus
+    the ``extra`` metadata. Training continued from it follows the same trajectory as uninterrupted training."""
+    return _restore(_read(path), path, device, dtype, with_optimizer=True)
+
+
+def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
+    """Copy a checkpoint's parameters and buffers into ``model`` (and its optimiser state into ``optimizer``).
+
+    The file must fit: same layer types, same tensor names and shapes; otherwise `CheckpointError` names the
+    difference and nothing is changed. Returns the checkpoint's ``extra`` metadata.
+    """
+    document, tensors = _read(path)
+    saved_types = [layer["type"] for layer in document["model"]["config"].get("layers", [])]
+    model_types = [type(layer).__name__ for layer in model.layers]
+    if saved_types != model_types:
+        raise CheckpointError(f"{path} holds another architecture: layers {saved_types}, the model has {model_types}")
+    _check_fit(model, tensors, path)
+    if optimizer is not None:
+        _check_optimizer_owns(model, optimizer)
+        _check_optimizer_type(document, type(optimizer).__name__, path)
+    model.load_state_dict({name: host for name, (role, host) in tensors.items() if role in ("parameter", "buffer")})
+    if optimizer is not None:
+        _restore_slots(model, tensors)
+        optimizer.load_state_dict(document["optimizer"])
+    return document["extra"]
+
+
+def _restore(
+    parsed: tuple[dict, dict], path: PathLike, device: "str | Backend | None", dtype: str | None, with_optimizer: bool
+) -> Checkpoint:
+    from backprop.model import Sequential
+
+    document, tensors = parsed
+    described = document["model"]
+    if described.get("class") != "Sequential":
+        raise CheckpointError(f"{path} holds a {described.get('class')!r} model; this backprop rebuilds Sequential only")
+    layers = [_build_layer(index, entry, path) for index, entry in enumerate(described["config"].get("layers", []))]
+    try:
+        model = Sequential(*layers, device=device or "cpu", dtype=dtype or described["dtype"], seed=described.get("seed"))
+    except ShapeError as error:
+        raise CheckpointError(f"{path}: the saved layers do not chain: {error}") from None
+    _check_fit(model, tensors, path)
+    model.load_state_dict({name: host for name, (role, host) in tensors.items() if role in ("parameter", "buffer")})
+    optimizer = None
+    if with_optimizer and document["optimizer"] is not None:
+        optimizer = _build_optimizer(model, document["optimizer"], path)
+        _restore_slots(model, tensors)
+    return Checkpoint(model=model, optimizer=optimizer, extra=document["extra"])
+
+
+def _build_layer(index: int, entry: Any, path: PathLike) -> Any:
+    from backprop.layers import LAYERS
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("config", {}), dict):
+        raise CheckpointError(
+            f"{path}: layer {index} is described as {entry!r}, not as {{'type': ..., 'config': {{...}}}}"
+        )
+    kind = entry.get("type")
+    if kind not in LAYERS:
+        raise CheckpointError(
+            f"{path}: layer {index} has unknown type {kind!r}; known: {', '.join(sorted(LAYERS))}. "
+            "A layer class of your own must be registered with backprop.layers.register_layer before loading"
+        )
+    try:
+        return LAYERS[kind](**entry.get("config", {}))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: layer {index} ({kind}) cannot be rebuilt from {entry.get('config')!r}: {error}"
+        ) from None
+
+
+def _optimizer_class(name: Any, path: PathLike) -> type:
+    from backprop import optim
+
+    known = {key: value for key, value in vars(optim).items()
+             if isinstance(value, type) and issubclass(value, optim.Optimizer) and value is not optim.Optimizer}
+    if name not in known:
+        raise CheckpointError(f"{path}: unknown optimiser type {name!r}; known: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def _build_optimizer(model: Any, state: dict, path: PathLike) -> Any:
+    cls = _optimizer_class(state.get("type"), path)
+    # JSON turns tuples (Adam's betas) into lists: hyper-parameters are scalars or tuples, so lists go back to tuples.
+    hyperparameters = {k: tuple(v) if isinstance(v, list) else v for k, v in state.items() if k not in ("type", "steps")}
+    try:
+        optimizer = cls(model.parameters(), **hyperparameters)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: optimiser {cls.__name__} cannot be rebuilt from {hyperparameters!r}: {error}"
+        ) from None
+    optimizer.load_state_dict({"steps": state.get("steps", 0), **hyperparameters})
+    return optimizer
+
+
+def _check_optimizer_type(document: dict, name: str, path: PathLike) -> None:
+    saved = document["optimizer"]
+    if saved is None:
+        raise CheckpointError(f"{path} holds no optimiser state; save it with bp.save(model, path, optimizer=...)")
+    if saved.get("type") != name:
+        raise CheckpointError(f"{path} holds the state of a {saved.get('type')} optimiser, not of a {name}")
+
+
+def _restore_slots(model: Any, tensors: dict) -> None:
+    parameters = dict(model.named_parameters())
+    for parameter in parameters.values():
+        parameter.state = {}
+    for name, (role, host) in tensors.items():
+        if role != "state":
+            continue
+        owner, _, slot = name.partition(_STATE)
+        parameter = parameters[owner]
+        dtype = model._dtype if host.dtype.kind == "f" else None
+        parameter.state[slot] = model.backend.to_device(host, dtype)
+
+
+def _check_fit(model: Any, tensors: dict, path: PathLike) -> None:
+    """Raise `CheckpointError` naming the first tensor whose name or shape differs from the model's."""
+    expected = {name: tuple(p.value.shape) for name, p in model.named_parameters()}
+    expected.update({name: tuple(v.shape) for name, v in model.named_buffers()})
+    saved = {name: host.shape for name, (role, host) in tensors.items() if role in ("parameter", "buffer")}
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit the model: tensors missing from the file {missing}, in the file but not in the "
+            f"model {unexpected}"
+        )
+    for name, shape in expected.items():
+        if saved[name] != shape:
+            raise CheckpointError(
+                f"{path} does not fit the model: {name!r} has shape {saved[name]} in the file, {shape} in the model"
+            )
+    for name, (role, host) in tensors.items():
+        owner = name.partition(_STATE)[0]
+        if role == "state" and (owner not in expected or host.shape != expected[owner]):
+            raise CheckpointError(
+                f"{path}: optimiser slot {name!r} has shape {host.shape}, its parameter {expected.get(owner)}"
+            )
+
+
+def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
+    """Parse and verify a checkpoint: (JSON document, {name: (role, host array)})."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file") from None
+    if len(data) < _FIXED_HEADER.size:
+        if MAGIC.startswith(data[: len(MAGIC)]):
+            raise CheckpointError(
+                f"{path} is truncated: {len(data)} bytes, shorter than the {_FIXED_HEADER.size}-byte header"
+            )
+        raise CheckpointError(f"{path} is not a backprop checkpoint (it does not start with the magic bytes {MAGIC!r})")
+    magic, version, json_length, json_crc = _FIXED_HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise CheckpointError(
+            f"{path} is not a backprop checkpoint (it starts with {magic!r}, not the magic bytes {MAGIC!r})"
+        )
+    if version != FORMAT_VERSION:
+        cause = ("it was written by a newer backprop: upgrade backprop to read it (unless the file is corrupted)"
+                 if version > FORMAT_VERSION else "the file is corrupted")
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}, this backprop reads version {FORMAT_VERSION}; {cause}"
+        )
+    payload_start = _FIXED_HEADER.size + json_length
+    if payload_start > len(data):
+        raise CheckpointError(
+            f"{path} is truncated (or its header is corrupted): {len(data)} bytes, "
+            f"the header alone announces {payload_start}"
+        )
+    header_json = data[_FIXED_HEADER.size:payload_start]
+    if zlib.crc32(header_json) != json_crc:
+        raise CheckpointError(f"{path} is corrupted: the checksum of its JSON header does not match")
+    try:
+        document = json.loads(header_json.decode("utf-8"))
+        if not isinstance(document, dict):
+            raise TypeError(f"the header is a JSON {type(document).__name__}, not an object")
+        absent = [key for key in ("model", "optimizer", "extra", "tensors", "payload_length") if key not in document]
+        if absent:
+            raise KeyError(f"missing {absent}")
+        payload_length = int(document["payload_length"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path} has a malformed JSON header ({type(error).__name__}: {error})") from None
+    if document.get("format_version") != version:
+        raise CheckpointError(f"{path} is inconsistent: format version {version} in the header, "
+                              f"{document.get('format_version')!r} in its JSON")
+    if len(data) != payload_start + payload_length:
+        state = "truncated" if len(data) < payload_start + payload_length else "longer than its header says"
+        raise CheckpointError(f"{path} is {state}: {len(data)} bytes, expected {payload_start + payload_length}")
+    payload = memoryview(data)[payload_start:]
+    return document, {entry["name"]: _tensor(entry, payload, path) for entry in _entries(document["tensors"], path)}
+
+
+def _entries(table: Any, path: PathLike) -> list[dict]:
+    if not isinstance(table, list) or not all(isinstance(entry, dict) for entry in table):
+        raise CheckpointError(f"{path}: the tensor table is not a list of entries")
+    names = [entry.get("name") for entry in table]
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{path}: the tensor table names a tensor twice")
+    return table
+
+
+def _tensor(entry: dict, payload: memoryview, path: PathLike) -> tuple[str, np.ndarray]:
+    try:
+        name, role, dtype_name = entry["name"], entry["role"], entry["dtype"]
+        shape = tuple(int(n) for n in entry["shape"])
+        offset, length, crc = int(entry["offset"]), int(entry["length"]), int(entry["crc32"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: malformed tensor entry {entry!r} ({error})") from None
+    if role not in ("parameter", "buffer", "state") or (role == "state") != (_STATE in name):
+        raise CheckpointError(f"{path}: tensor {name!r} has an unknown role {role!r}")
+    if dtype_name not in _DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype_name!r}; readable dtypes: {sorted(_DTYPES)}")
+    dtype = _DTYPES[dtype_name]
+    if min(shape, default=0) < 0 or offset < 0 or length != math.prod(shape) * dtype.itemsize \
+            or offset + length > len(payload):
+        raise CheckpointError(f"{path}: tensor {name!r} (shape {shape}, {dtype_name}) does not fit its byte range "
+                              f"[{offset}, {offset + length}) of a {len(payload)}-byte payload")
+    raw = payload[offset:offset + length]
+    if zlib.crc32(raw) != crc:
+        raise CheckpointError(f"{path} is corrupted: the checksum of tensor {name!r} does not match")
+    return role, np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+# -- during fit -------------------------------------------------------------------------------------------------
+class ModelCheckpoint(Callback):
+    """Save the model (and ``optimizer``, if given) at the end of each epoch, atomically.
+
+    ``path`` may contain ``{epoch}`` (counted from 0, as ``fit`` counts) and any log key (``{val_loss:.4f}``).
+    With ``save_best_only`` the file is written only when ``logs[monitor]`` improves on the best so far
+    (lower for ``mode="min"``, higher for ``mode="max"``); a NaN never counts as an improvement, so a diverging
+    run leaves the last good checkpoint intact. Each file's ``extra`` holds ``{"epoch": ..., "logs": {...}}``.
+    """
+
+    def __init__(self, path: PathLike, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "min",
+                 optimizer: Any = None) -> None:
+        if mode not in ("min", "max"):
+            raise ConfigurationError(f"ModelCheckpoint mode must be 'min' or 'max', got {mode!r}")
+        self.path = os.fspath(path)
+        self.monitor, self.save_best_only, self.mode = monitor, bool(save_best_only), mode
+        self.optimizer = optimizer
+        self.best = math.inf if mode == "min" else -math.inf
+        self.last_saved: Path | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if self.model is None:
+            raise ConfigurationError("ModelCheckpoint has no model: on_train_begin(model) must run first (fit does this)")
+        if self.save_best_only:
+            if self.monitor not in logs:
+                raise ConfigurationError(
+                    f"ModelCheckpoint monitors {self.monitor!r}, which is not in the logs {sorted(logs)}; "
+                    "give fit validation data or choose another monitor"
+                )
+            value = float(logs[self.monitor])
+            improved = value < self.best if self.mode == "min" else value > self.best
+            if not improved:
+                return
+            self.best = value
+        try:
+            path = self.path.format(**{**logs, "epoch": epoch})
+        except (KeyError, IndexError, ValueError) as error:
+            raise ConfigurationError(
+                f"ModelCheckpoint path {self.path!r} cannot be formatted with epoch and {sorted(logs)}: {error}"
+            ) from None
+        self.last_saved = save(self.model, path, optimizer=self.optimizer,
+                               extra={"epoch": epoch, "logs": {k: float(v) for k, v in logs.items()}})

@@ -1,0 +1,433 @@
+"""Checkpoints: round trips on every backend, resuming, corrupt files, atomic writes, ModelCheckpoint, safetensors."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop import checkpoint as ckpt
+from backprop.errors import CheckpointError, ConfigurationError
+from backprop.gradients import loss_and_backward
+from backprop.layers import LAYERS, Layer
+
+RNG = np.random.default_rng(7)
+X = RNG.normal(size=(8, 3))
+Y = RNG.normal(size=(8, 2))
+MSE = bp.losses.MeanSquaredError()
+
+
+class RunningMean(Layer):
+    """Identity that tracks the mean of its inputs in a buffer (a stand-in for batch-norm statistics)."""
+
+    def build(self, in_features, backend, dtype, rng):
+        super().build(in_features, backend, dtype, rng)
+        self.buffers["mean"] = backend.to_device(np.zeros(in_features), dtype)
+        return in_features
+
+    def forward(self, x, training=False):
+        if training:
+            self.buffers["mean"] = 0.5 * self.buffers["mean"] + 0.5 * self.backend.xp.mean(x, axis=0)
+        return x, lambda dy, need_dx=True: dy
+
+
+@pytest.fixture
+def running_mean(monkeypatch):
+    monkeypatch.setitem(LAYERS, "RunningMean", RunningMean)
+    return RunningMean
+
+
+def make_model(device="cpu", dtype="float64", with_buffer=False, seed=0):
+    middle = [RunningMean()] if with_buffer else []
+    return bp.Sequential(bp.Dense(3, 4), bp.Tanh(), *middle, bp.Dense(4, 2), device=device, dtype=dtype, seed=seed)
+
+
+def train(model, optimizer, steps):
+    for _ in range(steps):
+        loss_and_backward(model, MSE, X, Y)
+        optimizer.step()
+
+
+def slots(model):
+    return {f"{name}/{slot}": bp.to_numpy(value) for name, p in model.named_parameters() for slot, value in p.state.items()}
+
+
+def assert_identical(left: dict, right: dict):
+    assert sorted(left) == sorted(right)
+    for name in left:
+        assert left[name].dtype == right[name].dtype, name
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+def rewrite_header(path, change):
+    """Apply ``change`` to the JSON header and re-seal it with a valid checksum (a hand-crafted file)."""
+    data = path.read_bytes()
+    _, version, length, _ = ckpt._FIXED_HEADER.unpack_from(data)
+    document = json.loads(data[24:24 + length])
+    change(document)
+    encoded = json.dumps(document).encode()
+    path.write_bytes(ckpt._FIXED_HEADER.pack(ckpt.MAGIC, version, len(encoded), zlib.crc32(encoded)) + encoded
+                     + data[24 + length:])
+
+
+# -- round trips ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_round_trip_on_every_backend(backend, dtype, running_mean, tmp_path):
+    model = make_model(backend, dtype, with_buffer=True)
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, optimizer, 2)
+    path = bp.save(model, tmp_path / "model.bpk", optimizer)
+
+    for device in (backend, "cpu"):
+        loaded = bp.load_checkpoint(path, device=device)
+        assert loaded.model.device == bp.get_backend(device).spec and loaded.model.dtype == dtype
+        assert loaded.model.config() == model.config()
+        assert_identical(loaded.model.state_dict(), model.state_dict())
+        assert "2.mean" in loaded.model.state_dict() and np.abs(loaded.model.state_dict()["2.mean"]).sum() > 0
+        assert_identical(slots(loaded.model), slots(model))
+        assert all(loaded.model.backend.owns(v) for p in loaded.model.parameters() for v in p.state.values())
+        assert loaded.optimizer.state_dict() == optimizer.state_dict() == {"type": "SGD", "steps": 2, "lr": 0.1, "momentum": 0.9}
+    same_device = bp.load(path, device=backend)
+    np.testing.assert_array_equal(bp.to_numpy(same_device.predict(X)), bp.to_numpy(model.predict(X)))
+    assert all(not p.state for p in same_device.parameters()), "load() restores no optimiser slots"
+
+
+@pytest.mark.parametrize("source, target", [("array_api_strict:device1", "cpu"), ("cpu", "array_api_strict:device1")])
+def test_saved_on_one_device_loads_identically_on_another(source, target, tmp_path):
+    model = make_model(source)
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+    train(model, optimizer, 3)
+    path = bp.save(model, tmp_path / "m.bpk", optimizer)
+    assert bp.load(path).device == "cpu", "without a device, a checkpoint loads on the CPU whatever it was saved on"
+    loaded = bp.load_checkpoint(path, device=target)
+    assert loaded.model.device == target
+    assert_identical(loaded.model.state_dict(), model.state_dict())
+    assert_identical(slots(loaded.model), slots(model))
+    assert loaded.optimizer.state_dict() == optimizer.state_dict()
+    assert loaded.optimizer.params == loaded.model.parameters()
+
+
+def test_architecture_is_rebuilt_in_a_fresh_interpreter(tmp_path):
+    model = bp.Sequential(bp.Dense(3, 5), bp.LeakyReLU(0.2), bp.Dense(5, 2), bp.Softmax(), seed=3)
+    path = bp.save(model, tmp_path / "m.bpk")
+    np.save(tmp_path / "x.npy", X)
+    script = (
+        "import sys, numpy as np, backprop as bp; m = bp.load(sys.argv[1]); "
+        "np.save(sys.argv[2], bp.to_numpy(m.predict(np.load(sys.argv[3])))); print(repr(m))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "out.npy"), str(tmp_path / "x.npy")],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert "LeakyReLU" in done.stdout and "Softmax" in done.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), bp.to_numpy(model.predict(X)))
+
+
+def test_dtype_can_be_overridden_for_a_device_without_float64(tmp_path):
+    path = bp.save(make_model(dtype="float64"), tmp_path / "m.bpk")
+    with pytest.raises(bp.errors.DeviceError, match="float64"):
+        bp.load(path, device="array_api_strict:no_float64")
+    model = bp.load(path, device="array_api_strict:no_float64", dtype="float32")
+    assert model.dtype == "float32"
+    np.testing.assert_array_equal(model.state_dict()["0.weight"], make_model().state_dict()["0.weight"].astype(np.float32))
+
+
+# -- resuming ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_resumed_training_equals_uninterrupted_training(backend, dtype, tmp_path):
+    uninterrupted = make_model(backend, dtype)
+    train(uninterrupted, bp.optim.SGD(uninterrupted.parameters(), lr=0.1, momentum=0.9), 6)
+
+    first_half = make_model(backend, dtype)
+    optimizer = bp.optim.SGD(first_half.parameters(), lr=0.1, momentum=0.9)
+    train(first_half, optimizer, 3)
+    resumed = bp.load_checkpoint(bp.save(first_half, tmp_path / "half.bpk", optimizer), device=backend)
+    train(resumed.model, resumed.optimizer, 3)
+
+    assert resumed.optimizer.steps == 6
+    assert_identical(resumed.model.state_dict(), uninterrupted.state_dict())
+
+
+def _optimizer_classes():
+    return [cls for cls in vars(bp.optim).values()
+            if isinstance(cls, type) and issubclass(cls, bp.optim.Optimizer) and cls is not bp.optim.Optimizer]
+
+
+@pytest.mark.parametrize("optimizer_class", _optimizer_classes(), ids=lambda cls: cls.__name__)
+def test_every_optimiser_resumes_exactly(optimizer_class, tmp_path):
+    uninterrupted = make_model()
+    train(uninterrupted, optimizer_class(uninterrupted.parameters(), lr=0.01), 4)
+    model = make_model()
+    optimizer = optimizer_class(model.parameters(), lr=0.01)
+    train(model, optimizer, 2)
+    resumed = bp.load_checkpoint(bp.save(model, tmp_path / "m.bpk", optimizer))
+    assert type(resumed.optimizer) is optimizer_class
+    train(resumed.model, resumed.optimizer, 2)
+    assert_identical(resumed.model.state_dict(), uninterrupted.state_dict())
+
+
+def test_load_into_restores_model_and_optimiser_in_place(tmp_path):
+    source = make_model(seed=1)
+    source_optimizer = bp.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
+    train(source, source_optimizer, 2)
+    path = bp.save(source, tmp_path / "m.bpk", source_optimizer, extra={"epoch": 4})
+    target = make_model("array_api_strict:device1", seed=2)
+    optimizer = bp.optim.SGD(target.parameters(), lr=0.1, momentum=0.9)
+    assert bp.load_into(target, path, optimizer) == {"epoch": 4}
+    assert_identical(target.state_dict(), source.state_dict())
+    assert_identical(slots(target), slots(source))
+    assert optimizer.steps == 2
+    with pytest.raises(CheckpointError, match="state of a SGD optimiser, not of a Adamish"):
+        bp.load_into(target, path, type("Adamish", (bp.optim.SGD,), {})(target.parameters(), lr=0.1))
+
+
+def test_an_optimiser_class_unknown_to_backprop_optim_is_refused_by_name(tmp_path):
+    class Custom(bp.optim.SGD):
+        pass
+
+    model = make_model()
+    optimizer = Custom(model.parameters(), lr=0.1)
+    path = bp.save(model, tmp_path / "m.bpk", optimizer)
+    with pytest.raises(CheckpointError, match="unknown optimiser type 'Custom'"):
+        bp.load_checkpoint(path)
+    assert_identical(bp.load(path).state_dict(), model.state_dict())
+
+
+# -- corrupt or unfitting files ---------------------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    model = make_model()
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, optimizer, 1)
+    return bp.save(model, tmp_path / "m.bpk", optimizer)
+
+
+def variant(path, tag, data):
+    """A damaged copy in a new file (rewriting one file over and over is slow on some file systems)."""
+    copy = path.with_name(f"{tag}.bpk")
+    copy.write_bytes(data)
+    return copy
+
+
+def test_every_truncation_is_reported_as_truncated(saved):
+    data = saved.read_bytes()
+    for length in range(len(data)):
+        with pytest.raises(CheckpointError, match="truncated"):
+            bp.load(variant(saved, f"cut{length}", data[:length]))
+    with pytest.raises(CheckpointError, match="longer than its header says"):
+        bp.load(variant(saved, "long", data + b"\0"))
+
+
+def test_every_flipped_byte_is_detected(saved):
+    data = saved.read_bytes()
+    json_end = 24 + struct.unpack_from("<Q", data, 12)[0]
+    messages = {}
+    for position in range(len(data)):
+        corrupted = bytearray(data)
+        corrupted[position] ^= 0x10
+        copy = variant(saved, f"flip{position}", bytes(corrupted))
+        with pytest.raises(CheckpointError) as caught:
+            bp.load_checkpoint(copy)
+        region = "magic" if position < 8 else "fixed" if position < 24 else "json" if position < json_end else "payload"
+        messages.setdefault(region, set()).add(str(caught.value).split(": ")[0].replace(str(copy), "FILE"))
+    assert all("not a backprop checkpoint" in m for m in messages["magic"])
+    assert messages["json"] == {"FILE is corrupted"} and messages["payload"] == {"FILE is corrupted"}
+    with pytest.raises(CheckpointError, match=r"checksum of tensor '2.bias/state/momentum' does not match"):
+        bp.load(variant(saved, "last", data[:-1] + bytes([data[-1] ^ 1])))
+
+
+def test_a_newer_format_version_is_refused(saved, monkeypatch):
+    monkeypatch.setattr(ckpt, "FORMAT_VERSION", 2)
+    bp.save(make_model(), saved)
+    monkeypatch.setattr(ckpt, "FORMAT_VERSION", 1)
+    with pytest.raises(CheckpointError, match="format version 2, this backprop reads version 1; it was written by a newer backprop: upgrade"):
+        bp.load(saved)
+
+
+def test_other_files_are_refused_by_their_magic_bytes(tmp_path):
+    np.savez(tmp_path / "weights.npz", w=np.ones(3))
+    with pytest.raises(CheckpointError, match=r"not a backprop checkpoint \(it starts with b'PK"):
+        bp.load(tmp_path / "weights.npz")
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        bp.load(tmp_path / "missing.bpk")
+
+
+def test_an_unknown_layer_type_is_named(running_mean, tmp_path, monkeypatch):
+    path = bp.save(make_model(with_buffer=True), tmp_path / "m.bpk")
+    monkeypatch.delitem(LAYERS, "RunningMean")
+    with pytest.raises(CheckpointError, match="layer 2 has unknown type 'RunningMean'.*register_layer"):
+        bp.load(path)
+
+
+def test_a_hand_crafted_object_dtype_is_refused_before_any_bytes_are_read(saved):
+    def to_object(document):
+        document["tensors"][0]["dtype"] = "|O"
+
+    rewrite_header(saved, to_object)
+    with pytest.raises(CheckpointError, match=r"tensor '0.weight' has dtype '\|O'; readable dtypes"):
+        bp.load(saved)
+
+
+def test_a_hand_crafted_shape_that_overruns_the_payload_is_refused(saved):
+    def enlarge(document):
+        document["tensors"][0]["shape"] = [300, 4]
+
+    rewrite_header(saved, enlarge)
+    with pytest.raises(CheckpointError, match=r"'0.weight' \(shape \(300, 4\), <f8\) does not fit its byte range"):
+        bp.load(saved)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_tensor_and_both_shapes(saved):
+    wider = bp.Sequential(bp.Dense(3, 6), bp.Tanh(), bp.Dense(6, 2), dtype="float64")
+    before = wider.state_dict()
+    with pytest.raises(CheckpointError, match=r"'0.weight' has shape \(3, 4\) in the file, \(3, 6\) in the model"):
+        bp.load_into(wider, saved)
+    assert_identical(wider.state_dict(), before)
+    with pytest.raises(CheckpointError, match=r"another architecture: layers \['Dense', 'Tanh', 'Dense'\], the model has \['Dense', 'ReLU', 'Dense'\]"):
+        bp.load_into(bp.Sequential(bp.Dense(3, 4), bp.ReLU(), bp.Dense(4, 2)), saved)
+    with pytest.raises(CheckpointError, match=r"in the file but not in the model \['0.bias'\]"):
+        bp.load_into(bp.Sequential(bp.Dense(3, 4, bias=False), bp.Tanh(), bp.Dense(4, 2), dtype="float64"), saved)
+
+
+# -- atomic writes ----------------------------------------------------------------------------------------------
+def test_a_crash_mid_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch):
+    previous = bp.load(saved).state_dict()
+    written = []
+
+    def write_half_then_fail(handle, chunks):
+        data = b"".join(bytes(chunk) for chunk in chunks)
+        handle.write(data[: len(data) // 2])
+        written.append(len(data) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_all", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        bp.save(make_model(seed=9), saved)
+    with pytest.raises(OSError, match="No space left"):
+        bp.save(make_model(seed=9), saved.parent / "new.bpk")
+    assert written and written[0] > 0
+    assert_identical(bp.load(saved).state_dict(), previous)
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["m.bpk"], "no temporary file and no partial new file"
+
+
+def test_a_crash_before_the_rename_leaves_the_previous_checkpoint_intact(saved, monkeypatch):
+    previous = bp.load(saved).state_dict()
+
+    def fail(*args):
+        raise OSError("simulated power cut")
+
+    monkeypatch.setattr(ckpt.os, "replace", fail)
+    with pytest.raises(OSError, match="power cut"):
+        bp.save(make_model(seed=9), saved)
+    monkeypatch.undo()
+    assert_identical(bp.load(saved).state_dict(), previous)
+    assert [p.name for p in saved.parent.iterdir()] == ["m.bpk"]
+
+
+# -- ModelCheckpoint --------------------------------------------------------------------------------------------
+def _drive(callback, model, losses, monitor="val_loss"):
+    """Call the hooks as fit would, changing the weights each epoch so that every saved file is distinguishable."""
+    callback.on_train_begin(model)
+    weights = {}
+    for epoch, value in enumerate(losses):
+        callback.on_epoch_begin(epoch)
+        model.load_state_dict({**model.state_dict(), "2.bias": np.full(2, float(epoch))})
+        weights[epoch] = model.state_dict()
+        callback.on_epoch_end(epoch, {"loss": 1.0 + epoch, monitor: value})
+    callback.on_train_end({})
+    return weights
+
+
+def test_model_checkpoint_save_best_only_keeps_the_best_epoch(tmp_path):
+    model = make_model()
+    callback = bp.ModelCheckpoint(tmp_path / "best.bpk", save_best_only=True)
+    weights = _drive(callback, model, [1.0, 0.5, 0.7, math.nan, 0.6])
+    restored = bp.load_checkpoint(tmp_path / "best.bpk")
+    assert restored.extra == {"epoch": 1, "logs": {"loss": 2.0, "val_loss": 0.5}}
+    assert_identical(restored.model.state_dict(), weights[1])
+    assert callback.best == 0.5
+
+
+def test_model_checkpoint_formats_the_path_and_honours_mode_max(tmp_path):
+    model = make_model()
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, optimizer, 1)
+    callback = bp.ModelCheckpoint(str(tmp_path / "m-{epoch}-{accuracy:.2f}.bpk"), monitor="accuracy",
+                                  save_best_only=True, mode="max", optimizer=optimizer)
+    _drive(callback, model, [0.5, 0.9, 0.8, 0.95], monitor="accuracy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-0-0.50.bpk", "m-1-0.90.bpk", "m-3-0.95.bpk"]
+    assert callback.last_saved == tmp_path / "m-3-0.95.bpk"
+    assert bp.load_checkpoint(callback.last_saved).optimizer.state_dict() == optimizer.state_dict()
+
+
+def test_model_checkpoint_saves_every_epoch_by_default(tmp_path):
+    model = make_model()
+    weights = _drive(bp.ModelCheckpoint(tmp_path / "e{epoch}.bpk"), model, [3.0, 2.0, 4.0])
+    for epoch in range(3):
+        assert_identical(bp.load(tmp_path / f"e{epoch}.bpk").state_dict(), weights[epoch])
+
+
+def test_model_checkpoint_refuses_a_monitor_missing_from_the_logs_and_a_bad_mode(tmp_path):
+    callback = bp.ModelCheckpoint(tmp_path / "m.bpk", save_best_only=True)
+    callback.on_train_begin(make_model())
+    with pytest.raises(ConfigurationError, match=r"monitors 'val_loss', which is not in the logs \['loss'\]"):
+        callback.on_epoch_end(0, {"loss": 1.0})
+    with pytest.raises(ConfigurationError, match="mode must be 'min' or 'max'"):
+        bp.ModelCheckpoint(tmp_path / "m.bpk", mode="auto")
+
+
+# -- safetensors ------------------------------------------------------------------------------------------------
+def _read_safetensors(path):
+    data = path.read_bytes()
+    (length,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8:8 + length])
+    dtypes = {"F32": "<f4", "F64": "<f8"}
+    payload = data[8 + length:]
+    ends = sorted(entry["data_offsets"] for name, entry in header.items() if name != "__metadata__")
+    assert ends[0][0] == 0 and ends[-1][1] == len(payload) and all(a[1] == b[0] for a, b in zip(ends, ends[1:]))
+    return header["__metadata__"], {
+        name: np.frombuffer(payload[e["data_offsets"][0]:e["data_offsets"][1]], dtypes[e["dtype"]]).reshape(e["shape"])
+        for name, e in header.items() if name != "__metadata__"
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_safetensors_export_reads_back(dtype, running_mean, tmp_path):
+    model = make_model("array_api_strict:device1", dtype, with_buffer=True)
+    train(model, bp.optim.SGD(model.parameters(), lr=0.1), 1)
+    path = bp.export_safetensors(model, tmp_path / "m.safetensors", metadata={"epoch": 3})
+    assert len(path.read_bytes()[8:8 + struct.unpack_from("<Q", path.read_bytes())[0]]) % 8 == 0
+    metadata, tensors = _read_safetensors(path)
+    assert metadata["epoch"] == "3" and json.loads(metadata["architecture"]) == model.config()
+    assert_identical(tensors, model.state_dict())
+
+
+def test_safetensors_export_reads_back_with_the_safetensors_package(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="safetensors is not installed: pip install safetensors")
+    model = make_model(dtype="float32")
+    tensors = safetensors_numpy.load_file(str(bp.export_safetensors(model, tmp_path / "m.safetensors")))
+    assert_identical(tensors, model.state_dict())
+
+
+def test_an_optimiser_registered_in_backprop_optim_is_rebuilt_with_tuple_hyperparameters(tmp_path, monkeypatch):
+    class TwoRates(bp.optim.SGD):
+        def __init__(self, params, lr, momentum=0.0, rates=(0.5, 0.25)):
+            super().__init__(params, lr, momentum)
+            assert isinstance(rates, tuple), "JSON lists must come back as tuples"
+            self.rates = rates
+
+        def hyperparameters(self):
+            return {**super().hyperparameters(), "rates": self.rates}
+
+    monkeypatch.setattr(bp.optim, "TwoRates", TwoRates, raising=False)
+    model = make_model()
+    optimizer = TwoRates(model.parameters(), lr=0.1, rates=(0.9, 0.999))
+    train(model, optimizer, 2)
+    restored = bp.load_checkpoint(bp.save(model, tmp_path / "m.bpk", optimizer)).optimizer
+    assert type(restored) is TwoRates
+    assert restored.state_dict() == {"type": "TwoRates", "steps": 2, "lr": 0.1, "momentum": 0.0, "rates": (0.9, 0.999)}
