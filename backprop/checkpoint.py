@@ -287,14 +287,15 @@ def _optimizer_class(name: Any, path: PathLike) -> type:
 def _build_optimizer(model: Any, state: dict, path: PathLike) -> Any:
     cls = _optimizer_class(state.get("type"), path)
     # JSON turns tuples (Adam's betas) into lists: hyper-parameters are scalars or tuples, so lists go back to tuples.
-    hyperparameters = {k: tuple(v) if isinstance(v, list) else v for k, v in state.items() if k not in ("type", "steps")}
+    bookkeeping = ("type", "steps", "parameter_steps")
+    hyperparameters = {k: tuple(v) if isinstance(v, list) else v for k, v in state.items() if k not in bookkeeping}
     try:
         optimizer = cls(model.parameters(), **hyperparameters)
     except (TypeError, ValueError) as error:
         raise CheckpointError(
             f"{path}: optimiser {cls.__name__} cannot be rebuilt from {hyperparameters!r}: {error}"
         ) from None
-    optimizer.load_state_dict({"steps": state.get("steps", 0), **hyperparameters})
+    optimizer.load_state_dict({**state, **hyperparameters})
     return optimizer
 
 
