@@ -418,18 +418,21 @@ def test_safetensors_export_reads_back_with_the_safetensors_package(tmp_path):
 
 
 def test_an_optimiser_registered_in_backprop_optim_is_rebuilt_with_tuple_hyperparameters(tmp_path, monkeypatch):
-    class TwoRates(bp.optim.SGD):
-        def __init__(self, params, lr, momentum=0.0, rates=(0.5, 0.25)):
-            super().__init__(params, lr, momentum)
-            self.set_hyperparameters(lr, momentum, rates)
+    class TwoRates(bp.optim.Optimizer):
+        def __init__(self, params, lr, rates=(0.5, 0.25)):
+            super().__init__(params, lr)
+            self.set_hyperparameters(lr, rates)
 
-        def set_hyperparameters(self, lr, momentum=0.0, rates=(0.5, 0.25)):
-            super().set_hyperparameters(lr, momentum)
+        def set_hyperparameters(self, lr, rates=(0.5, 0.25)):
+            super().set_hyperparameters(lr)
             assert isinstance(rates, tuple), "JSON lists must come back as tuples"
             self.rates = rates
 
         def hyperparameters(self):
-            return {"lr": self.lr, "momentum": self.momentum, "rates": self.rates}
+            return {"lr": self.lr, "rates": self.rates}
+
+        def update(self, parameter, step):
+            parameter.value -= self.lr * parameter.grad
 
     monkeypatch.setattr(bp.optim, "TwoRates", TwoRates, raising=False)
     model = make_model()
@@ -438,5 +441,5 @@ def test_an_optimiser_registered_in_backprop_optim_is_rebuilt_with_tuple_hyperpa
     restored = bp.load_checkpoint(bp.save(model, tmp_path / "m.bpk", optimizer)).optimizer
     assert type(restored) is TwoRates
     assert restored.state_dict() == {
-        "type": "TwoRates", "steps": 2, "parameter_steps": [2, 2], "lr": 0.1, "momentum": 0.0, "rates": (0.9, 0.999),
+        "type": "TwoRates", "steps": 2, "parameter_steps": [2, 2, 2, 2], "lr": 0.1, "rates": (0.9, 0.999),
     }
