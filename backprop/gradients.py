@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop.data import check_finite
+from backprop.data import check_finite, to_backend
 from backprop.errors import GradientCheckError
 from backprop.losses import Loss
 
@@ -29,7 +29,10 @@ def value_and_grad(model: Any, loss: Loss, x: Any, y: Any) -> tuple[float, dict[
     """
     inputs = model.as_input(x)
     check_finite(inputs, model.backend, "input")
-    value = loss_and_backward(model, loss, inputs, y)
+    with model.backend.activate():
+        targets = to_backend(y, model.backend, model._dtype, what="targets", integral_ok=True)
+    check_finite(targets, model.backend, "targets")
+    value = loss_and_backward(model, loss, inputs, targets)
     return float(value), {name: np.array(model.backend.to_numpy(p.grad), copy=True)
                           for name, p in model.named_parameters()}
 
