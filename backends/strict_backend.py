@@ -18,11 +18,11 @@ def make(spec: str, argument: str | None) -> Backend:
             "device='array_api_strict' needs array-api-strict: pip install 'backprop-arrays[test]'"
         ) from error
     name = argument or "CPU_DEVICE"
-    device = xp.Device(name)
     known = xp.__array_namespace_info__().devices()
-    if device not in known:
-        names = ", ".join(repr(d).split("'")[1] for d in known)
-        raise DeviceError(f"array_api_strict has no device {name!r}; its devices are: {names}")
+    names = [repr(d).split("'")[1] for d in known]
+    if name not in names:
+        raise DeviceError(f"array_api_strict has no device {name!r}; its devices are: {', '.join(names)}")
+    device = xp.Device(name)
     array_type = type(xp.asarray(0.0))
     canonical = "array_api_strict" if name == "CPU_DEVICE" else f"array_api_strict:{name}"
     return Backend(
