@@ -18,7 +18,7 @@ from typing import Any, Callable, ContextManager
 
 import numpy as np
 
-from backprop.errors import DeviceError
+from backprop.errors import DeviceError, DTypeError
 
 _FLOAT_DTYPES = ("float32", "float64")
 
@@ -62,7 +62,7 @@ class Backend:
     def dtype(self, name: str) -> Any:
         """The namespace's dtype object for ``"float32"`` or ``"float64"``; raises if this device lacks it."""
         if name not in _FLOAT_DTYPES:
-            raise TypeError(f"dtype must be 'float32' or 'float64', got {name!r}")
+            raise DTypeError(f"dtype must be 'float32' or 'float64', got {name!r}")
         if name not in self._dtypes:
             raise DeviceError(
                 f"device {self.spec!r} does not support {name}; use dtype='float32' or a device with {name}"

@@ -35,7 +35,7 @@ def namespace_of(array: Any) -> Any:
 def _describe(array: Any) -> str:
     module = type(array).__module__.split(".")[0]
     device = getattr(array, "device", "?")
-    return f"a {module} array on device {device}"
+    return f"{'an' if module[:1] in 'aeiou' else 'a'} {module} array on device {device}"
 
 
 def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", integral_ok: bool = False) -> Any:
@@ -96,4 +96,7 @@ def check_features(x: Any, expected: int | None, where: str, what: str = "input"
     if shape[0] == 0:
         raise ShapeError(f"{what} is an empty batch (shape {shape}); give at least one sample")
     if expected is not None and shape[1] != expected:
-        raise ShapeError(f"{where} expects {expected} input features, but {what} has {shape[1]} (shape {shape})")
+        raise ShapeError(
+            f"{where} expects {what} of shape (n, {expected}), but {what} has shape {shape}: "
+            f"{shape[1]} features instead of {expected}"
+        )

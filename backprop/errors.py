@@ -13,6 +13,10 @@ class ShapeError(BackpropError, ValueError):
     """An array's shape does not fit the layer, loss or targets it meets."""
 
 
+class TargetError(BackpropError, ValueError):
+    """Target values outside the loss's domain (class indices out of range or not whole, BCE targets outside [0, 1])."""
+
+
 class DTypeError(BackpropError, TypeError):
     """An array's dtype cannot be used (e.g. strings, complex numbers)."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop.data import check_finite
+from backprop.data import check_finite, to_backend
 from backprop.errors import GradientCheckError
 from backprop.losses import Loss
 
@@ -35,7 +35,10 @@ def value_and_grad(model: Any, loss: Loss, x: Any, y: Any, penalty: Any = None) 
     """
     inputs = model.as_input(x)
     check_finite(inputs, model.backend, "input")
-    value = loss_and_backward(model, loss, inputs, y, penalty=penalty)
+    with model.backend.activate():
+        targets = to_backend(y, model.backend, model._dtype, what="targets", integral_ok=True)
+    check_finite(targets, model.backend, "targets")
+    value = loss_and_backward(model, loss, inputs, targets, penalty=penalty)
     return float(value), {name: np.array(model.backend.to_numpy(p.grad), copy=True)
                           for name, p in model.named_parameters()}
 

@@ -14,7 +14,7 @@ import numpy as np
 from array_api_compat import device as _device_of
 
 from backprop.data import namespace_of as _namespace, to_backend
-from backprop.errors import ShapeError
+from backprop.errors import ConfigurationError, ShapeError, TargetError
 from backprop.layers.activations import log_softmax
 
 _LOG_FLOOR = -100.0  # PyTorch clamps log-probabilities here, so log(0) gives a large finite loss, not inf
@@ -76,9 +76,21 @@ def _weights_like(host: np.ndarray, like: Any, label: str, classes: int) -> Any:
     return _namespace(like).asarray(host, dtype=like.dtype, device=_device_of(like), copy=True)
 
 
+def _log_floored(xp: Any, p: Any) -> Any:
+    """max(log p, -100) for p in [0, 1]; log is never evaluated at 0 (which would warn and give -inf)."""
+    positive = p > 0
+    return xp.clip(xp.where(positive, xp.log(xp.where(positive, p, 1.0)), _LOG_FLOOR), _LOG_FLOOR, None)
+
+
+def _log1m_floored(xp: Any, p: Any) -> Any:
+    """max(log(1 - p), -100) for p in [0, 1], through log1p (precise for small p), never evaluated at p = 1."""
+    below_one = p < 1
+    return xp.clip(xp.where(below_one, xp.log1p(-xp.where(below_one, p, 0.0)), _LOG_FLOOR), _LOG_FLOOR, None)
+
+
 def _check_reduction(reduction: str) -> str:
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        raise ConfigurationError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     return reduction
 
 
@@ -127,8 +139,8 @@ class BinaryCrossEntropy(Loss):
             value, scale = _reduce(xp, elementwise, self.reduction)
             return value, (sigmoid - target) * scale
         p = prediction
-        log_p = xp.clip(xp.log(p), _LOG_FLOOR, None)
-        log_1mp = xp.clip(xp.log1p(-p), _LOG_FLOOR, None)
+        log_p = _log_floored(xp, p)
+        log_1mp = _log1m_floored(xp, p)
         elementwise = -(target * log_p + (1.0 - target) * log_1mp)
         value, scale = _reduce(xp, elementwise, self.reduction)
         grad = (p - target) / xp.clip(p * (1.0 - p), _EPS, None)
@@ -146,8 +158,8 @@ class BinaryCrossEntropy(Loss):
             value, scale = _reduce(xp, elementwise, self.reduction)
             return value, (c * sigmoid - w * target) * scale
         p = prediction
-        log_p = xp.clip(xp.log(p), _LOG_FLOOR, None)
-        log_1mp = xp.clip(xp.log1p(-p), _LOG_FLOOR, None)
+        log_p = _log_floored(xp, p)
+        log_1mp = _log1m_floored(xp, p)
         elementwise = -(w * target * log_p + (1.0 - target) * log_1mp)
         value, scale = _reduce(xp, elementwise, self.reduction)
         grad = (c * p - w * target) / xp.clip(p * (1.0 - p), _EPS, None)
@@ -156,7 +168,11 @@ class BinaryCrossEntropy(Loss):
     def check_values(self, target, backend):
         xp = backend.xp
         if not bool(xp.all((target >= 0.0) & (target <= 1.0))):
-            raise ValueError("BinaryCrossEntropy targets must lie in [0, 1] (labels 0/1 or probabilities)")
+            low, high = float(xp.min(target)), float(xp.max(target))
+            raise TargetError(
+                f"BinaryCrossEntropy targets must lie in [0, 1] (labels 0/1 or probabilities); "
+                f"found values from {low:g} to {high:g}"
+            )
 
 
 class CrossEntropy(Loss):
@@ -187,14 +203,15 @@ class CrossEntropy(Loss):
                 raise ShapeError(f"{y.shape[0]} class-index targets for {n} samples")
             if xp.isdtype(y.dtype, "real floating"):
                 if not bool(xp.all(y == xp.round(y))):
-                    raise ValueError("CrossEntropy class-index targets must be whole numbers (0, 1, 2, ...)")
-                y = xp.astype(y, xp.int64)
-            low, high = int(xp.min(y)), int(xp.max(y))
+                    raise TargetError("CrossEntropy class-index targets must be whole numbers (0, 1, 2, ...)")
+            low, high = float(xp.min(y)), float(xp.max(y))  # float: an infinite index fails here, not in a cast
             if low < 0 or high >= classes:
-                raise ValueError(
+                raise TargetError(
                     f"CrossEntropy class indices must lie in [0, {classes - 1}] for {classes} outputs; "
-                    f"found values from {low} to {high}"
+                    f"found values from {low:g} to {high:g}"
                 )
+            if xp.isdtype(y.dtype, "real floating"):
+                y = xp.astype(y, xp.int64)
             one_hot = xp.astype(xp.reshape(y, (-1, 1)) == xp.arange(classes, device=backend.device), dtype)
             if self.weight is None or self.reduction != "mean":
                 return one_hot
@@ -221,7 +238,7 @@ class CrossEntropy(Loss):
             q = xp.exp(log_q)
             grad = (q * xp.sum(target, axis=-1, keepdims=True) - target) * scale
             return value, grad
-        log_p = xp.clip(xp.log(prediction), _LOG_FLOOR, None)
+        log_p = _log_floored(xp, prediction)
         value = -xp.sum(target * log_p) * scale
         return value, -(target / xp.clip(prediction, _EPS, None)) * scale
 

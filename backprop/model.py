@@ -13,7 +13,7 @@ import numpy as np
 
 from backprop.backends import Backend, get_backend
 from backprop.data import check_features, to_backend
-from backprop.errors import ShapeError
+from backprop.errors import ConfigurationError, ShapeError
 from backprop.layers.base import Layer
 from backprop.parameter import Parameter
 
@@ -28,12 +28,12 @@ class Sequential:
 
     def __init__(self, *layers: Layer, device: "str | Backend" = "cpu", dtype: str = "float32", seed: int | None = None):
         if not layers:
-            raise ValueError("Sequential needs at least one layer")
+            raise ConfigurationError("Sequential needs at least one layer")
         for index, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"argument {index} of Sequential is {type(layer).__name__}, not a layer")
         if len({id(layer) for layer in layers}) != len(layers):
-            raise ValueError("the same layer object appears twice in Sequential; create a new one for each position")
+            raise ConfigurationError("the same layer object appears twice in Sequential; create a new one for each position")
         self.layers: list[Layer] = list(layers)
         self.backend: Backend = get_backend(device)
         self.dtype: str = dtype

@@ -88,7 +88,7 @@ def test_load_state_dict_validates_and_casts():
 
 def test_input_checks_name_the_layer():
     m = model()
-    with pytest.raises(ShapeError, match=r"layer 0 \(Dense.*3 input features.*has 4"):
+    with pytest.raises(ShapeError, match=r"layer 0 \(Dense.*shape \(n, 3\).*shape \(2, 4\)"):
         m.predict(np.zeros((2, 4)))
     with pytest.raises(ShapeError, match="layer 2"):
         bp.Sequential(bp.Dense(3, 4), bp.ReLU(), bp.Dense(5, 2))

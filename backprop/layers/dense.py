@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from backprop import init as initialisers
+from backprop.errors import ConfigurationError
 from backprop.layers.base import Layer
 
 
@@ -34,7 +35,7 @@ class Dense(Layer):
         super().__init__()
         for label, size in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-                raise ValueError(f"Dense {label} must be a positive integer, got {size!r}")
+                raise ConfigurationError(f"Dense {label} must be a positive integer, got {size!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.bias = bool(bias)
         self.init, self.bias_init = init, bias_init
