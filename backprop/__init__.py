@@ -11,6 +11,8 @@ from backprop.gradients import gradcheck, value_and_grad
 from backprop.layers import Dense, Identity, Layer, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from backprop.model import Sequential
 from backprop.parameter import Parameter
+from backprop import callbacks, metrics, training
+from backprop.training import History
 
 __version__ = "0.1.0"
 
@@ -18,3 +20,4 @@ __all__ = [
     "Dense", "Identity", "Layer", "LeakyReLU", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
     "backends", "errors", "get_backend", "gradcheck", "init", "losses", "optim", "to_numpy", "value_and_grad",
 ]
+__all__ += ["History", "callbacks", "metrics", "training"]

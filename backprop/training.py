@@ -158,7 +158,8 @@ def _read(model: Any, device_logs: dict[str, Any]) -> dict[str, float]:
     """Device 0-d values as Python floats, in one host read."""
     xp = model.backend.xp
     with model.backend.activate():
-        stacked = xp.stack([xp.astype(value, model._dtype, copy=False) for value in device_logs.values()])
+        values = [xp.astype(value, model._dtype, copy=False) for value in device_logs.values()]
+        stacked = xp.stack(values) if len(values) > 1 else xp.reshape(values[0], (1,))
     return {name: float(value) for name, value in zip(device_logs, model.backend.to_numpy(stacked))}
 
 
@@ -249,8 +250,8 @@ def fit(
                 optimizer.step()
                 weighted_losses.append(value * ((stop - start) / samples))
             with backend.activate():
-                stacked_losses = xp.stack(weighted_losses)
-                device_logs = {"loss": xp.sum(stacked_losses)}
+                stacked_losses = xp.stack(weighted_losses) if len(bounds) > 1 else xp.reshape(weighted_losses[0], (1,))
+                device_logs = {"loss": xp.sum(stacked_losses) if len(bounds) > 1 else weighted_losses[0]}
             if named_metrics:
                 device_logs.update(_evaluate(model, inputs, targets, None, named_metrics, batch_size))
             if validation is not None:
