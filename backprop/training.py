@@ -8,11 +8,12 @@ each contiguous batch b of n_b samples takes exactly one training step::
     optimizer.step()
 
 The epoch's loss is the mean of the batch losses weighted by batch size, sum_b (n_b / n) L_b (the mean over
-samples, as the parameters moved during the epoch). Training metrics are computed at the end of each epoch on the
+samples, as the parameters moved during the epoch), computed on the host in float64. Training metrics are computed at the end of each epoch on the
 whole training set with the epoch's final parameters (inference mode); validation loss and metrics likewise.
 
 Device discipline: host data are checked (shapes, NaN/inf) and copied to the device once per ``fit``; per epoch
-the only transfer is the permutation (n integers) and the only host read is the epoch's logs (one array). Batch
+the only transfer is the permutation (n integers) and the only host read is one array holding the epoch's batch
+losses and metrics. Batch
 losses stay on the device, so the loop never waits for the device per batch.
 
 Divergence: a NaN or infinite loss is detected at the end of its epoch (that single host read). ``fit`` then
@@ -23,7 +24,6 @@ naming the epoch and the first non-finite batch (``error.epoch`` and ``error.bat
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -137,30 +137,37 @@ def _bounds(samples: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def _evaluate(model: Any, inputs: Any, targets: Any, loss: Loss | None, metrics: dict[str, Metric],
-              batch_size: int) -> dict[str, Any]:
-    """Loss (unless None) and metrics as 0-d device arrays: per-batch means weighted by batch size."""
-    samples = inputs.shape[0]
-    totals: dict[str, Any] = {}
-    for start, stop in _bounds(samples, batch_size):
+              bounds: list[tuple[int, int]]) -> dict[str, list]:
+    """Per-batch loss (unless None) and metrics in inference mode, as lists of 0-d device arrays."""
+    series: dict[str, list] = {}
+    for start, stop in bounds:
         prediction = model.forward(inputs[start:stop, ...], training=False)[0]
         target = targets[start:stop, ...]
         with model.backend.activate():
-            values = {name: metric(prediction, target) for name, metric in metrics.items()}
             if loss is not None:
-                values = {"loss": loss(prediction, target), **values}
-            weight = (stop - start) / samples
-            for name, value in values.items():
-                totals[name] = value * weight if name not in totals else totals[name] + value * weight
-    return totals
+                series.setdefault("loss", []).append(loss(prediction, target))
+            for name, metric in metrics.items():
+                series.setdefault(name, []).append(metric(prediction, target))
+    return series
 
 
-def _read(model: Any, device_logs: dict[str, Any]) -> dict[str, float]:
-    """Device 0-d values as Python floats, in one host read."""
+def _read(model: Any, series: dict[str, list]) -> dict[str, np.ndarray]:
+    """Each series of 0-d device values as a host float64 array, all in one host read."""
     xp = model.backend.xp
     with model.backend.activate():
-        values = [xp.astype(value, model._dtype, copy=False) for value in device_logs.values()]
-        stacked = xp.stack(values) if len(values) > 1 else xp.reshape(values[0], (1,))
-    return {name: float(value) for name, value in zip(device_logs, model.backend.to_numpy(stacked))}
+        stacked = xp.stack([xp.astype(value, model._dtype, copy=False) for values in series.values() for value in values])
+    host = np.asarray(model.backend.to_numpy(stacked), dtype=np.float64)
+    ends = np.cumsum([len(values) for values in series.values()])
+    return dict(zip(series, np.split(host, ends[:-1])))
+
+
+def _weighted_mean(values: np.ndarray, sizes: np.ndarray) -> float:
+    """sum_b n_b v_b / sum_b n_b, in float64 on the host (a single batch's value as it is)."""
+    return float(values[0]) if len(values) == 1 else float(np.dot(values, sizes) / np.sum(sizes))
+
+
+def _sizes(bounds: list[tuple[int, int]]) -> np.ndarray:
+    return np.array([stop - start for start, stop in bounds], dtype=np.float64)
 
 
 def _divergence(what: str, epoch: int, epochs: int, batch: int, batches: int, optimizer: Optimizer) -> DivergenceError:
@@ -228,6 +235,9 @@ def fit(
 
     backend, xp = model.backend, model.backend.xp
     bounds = _bounds(samples, batch_size)
+    sizes = _sizes(bounds)
+    validation_bounds = _bounds(validation[0].shape[0], batch_size) if validation is not None else []
+    validation_sizes = _sizes(validation_bounds)
     history, logs = History(), {}
     model.stop_training = False
     for callback in callbacks:
@@ -244,25 +254,26 @@ def fit(
                 with backend.activate():
                     epoch_inputs = xp.take(inputs, order, axis=0)
                     epoch_targets = xp.take(targets, order, axis=0)
-            weighted_losses = []
+            batch_losses = []
             for start, stop in bounds:
-                value = loss_and_backward(model, loss, epoch_inputs[start:stop, ...], epoch_targets[start:stop, ...])
+                batch_losses.append(loss_and_backward(model, loss, epoch_inputs[start:stop, ...],
+                                                      epoch_targets[start:stop, ...]))
                 optimizer.step()
-                weighted_losses.append(value * ((stop - start) / samples))
-            with backend.activate():
-                stacked_losses = xp.stack(weighted_losses) if len(bounds) > 1 else xp.reshape(weighted_losses[0], (1,))
-                device_logs = {"loss": xp.sum(stacked_losses) if len(bounds) > 1 else weighted_losses[0]}
+            series = {"loss": batch_losses}
             if named_metrics:
-                device_logs.update(_evaluate(model, inputs, targets, None, named_metrics, batch_size))
+                series.update(_evaluate(model, inputs, targets, None, named_metrics, bounds))
             if validation is not None:
-                scores = _evaluate(model, *validation, loss, named_metrics, batch_size)
-                device_logs.update({f"val_{name}": value for name, value in scores.items()})
-            logs = _read(model, device_logs)
-            if not math.isfinite(logs["loss"]):
-                per_batch = backend.to_numpy(stacked_losses)
-                batch = int(np.argmax(~np.isfinite(per_batch)))
+                scores = _evaluate(model, *validation, loss, named_metrics, validation_bounds)
+                series.update({f"val_{name}": values for name, values in scores.items()})
+            host = _read(model, series)
+            finite = np.isfinite(host["loss"])
+            if not np.all(finite):
+                batch = int(np.argmin(finite))
                 snapshot.restore()
-                raise _divergence(f"the training loss became {float(per_batch[batch])}", epoch, epochs, batch, len(bounds), optimizer)
+                raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
+                                  len(bounds), optimizer)
+            logs = {name: _weighted_mean(values, validation_sizes if name.startswith("val_") else sizes)
+                    for name, values in host.items()}
             history.append(epoch, logs)
             progress.update(epoch, logs)
             for callback in callbacks:
@@ -290,4 +301,6 @@ def evaluate(model: Any, x: Any, y: Any, loss: Loss, metrics: "Sequence[str | Me
     inputs, targets = _prepare(model, x, y, loss, "evaluation")
     samples = inputs.shape[0]
     batch_size = samples if batch_size is None else min(_positive_int(batch_size, "batch_size"), samples)
-    return _read(model, _evaluate(model, inputs, targets, loss, named_metrics, batch_size))
+    bounds = _bounds(samples, batch_size)
+    host = _read(model, _evaluate(model, inputs, targets, loss, named_metrics, bounds))
+    return {name: _weighted_mean(values, _sizes(bounds)) for name, values in host.items()}
