@@ -24,6 +24,7 @@ naming the epoch and the first non-finite batch (``error.epoch`` and ``error.bat
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -151,19 +152,22 @@ def _evaluate(model: Any, inputs: Any, targets: Any, loss: Loss | None, metrics:
     return series
 
 
-def _read(model: Any, series: dict[str, list]) -> dict[str, np.ndarray]:
-    """Each series of 0-d device values as a host float64 array, all in one host read."""
-    xp = model.backend.xp
+def _read(model: Any, series: dict[str, list]) -> dict[str, list[float]]:
+    """Each series of 0-d device values as Python floats, all in one host read."""
+    xp, dtype = model.backend.xp, model._dtype
+    values = [value if value.dtype == dtype else xp.astype(value, dtype) for items in series.values() for value in items]
     with model.backend.activate():
-        stacked = xp.stack([xp.astype(value, model._dtype, copy=False) for values in series.values() for value in values])
-    host = np.asarray(model.backend.to_numpy(stacked), dtype=np.float64)
-    ends = np.cumsum([len(values) for values in series.values()])
-    return dict(zip(series, np.split(host, ends[:-1])))
+        stacked = xp.stack(values) if len(values) > 1 else xp.reshape(values[0], (1,))
+    host = model.backend.to_numpy(stacked).tolist()
+    result, start = {}, 0
+    for name, items in series.items():
+        result[name], start = host[start:start + len(items)], start + len(items)
+    return result
 
 
-def _weighted_mean(values: np.ndarray, sizes: np.ndarray) -> float:
+def _weighted_mean(values: list[float], sizes: np.ndarray) -> float:
     """sum_b n_b v_b / sum_b n_b, in float64 on the host (a single batch's value as it is)."""
-    return float(values[0]) if len(values) == 1 else float(np.dot(values, sizes) / np.sum(sizes))
+    return values[0] if len(values) == 1 else float(np.dot(values, sizes) / np.sum(sizes))
 
 
 def _sizes(bounds: list[tuple[int, int]]) -> np.ndarray:
@@ -266,9 +270,8 @@ def fit(
                 scores = _evaluate(model, *validation, loss, named_metrics, validation_bounds)
                 series.update({f"val_{name}": values for name, values in scores.items()})
             host = _read(model, series)
-            finite = np.isfinite(host["loss"])
-            if not np.all(finite):
-                batch = int(np.argmin(finite))
+            if not all(map(math.isfinite, host["loss"])):
+                batch = next(index for index, value in enumerate(host["loss"]) if not math.isfinite(value))
                 snapshot.restore()
                 raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
                                   len(bounds), optimizer)
