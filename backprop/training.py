@@ -227,10 +227,12 @@ def fit(
             raise TypeError(f"callback {callback!r} lacks {missing}; subclass backprop.callbacks.Callback")
     named_metrics = resolve(metrics)
     rng = np.random.default_rng(seed)
+    if batch_size is not None:
+        batch_size = _positive_int(batch_size, "batch_size")
 
     inputs, targets = _prepare(model, x, y, loss, "training")
     samples = inputs.shape[0]
-    batch_size = samples if batch_size is None else min(_positive_int(batch_size, "batch_size"), samples)
+    batch_size = samples if batch_size is None else min(batch_size, samples)
     validation = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:

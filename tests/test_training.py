@@ -244,6 +244,30 @@ def test_divergence_restores_momentum_slots():
         assert all(np.all(np.isfinite(bp.to_numpy(slot))) for slot in parameter.state.values())
 
 
+def test_parameters_that_overflow_in_the_very_last_step_are_caught_and_restored():
+    class Poisoning(bp.optim.SGD):
+        """SGD whose third step writes inf into the first parameter, after that batch's loss was computed."""
+
+        def step(self):
+            super().step()
+            if self.steps == 3:
+                self.params[0].value = self.params[0].value * np.inf
+
+    model = regressor()
+    optimizer = Poisoning(model.parameters(), lr=0.05)
+    states = []
+
+    class Record(Callback):
+        def on_epoch_end(self, epoch, logs):
+            states.append(self.model.state_dict())
+
+    with pytest.raises(DivergenceError, match="parameters became NaN or infinite at epoch 3 of 3, batch 1 of 1"):
+        model.fit(X, Y, bp.losses.MeanSquaredError(), optimizer, epochs=3, callbacks=[Record()], verbose=0)
+    assert len(states) == 3  # every loss was finite: the end-of-training check found the overflow
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, states[1][name])  # the start of epoch 3
+
+
 @pytest.mark.parametrize("change, error, message", [
     (dict(x=np.where(np.arange(30).reshape(10, 3) == 4, np.nan, X)), NonFiniteError, "training inputs contain"),
     (dict(y=np.where(np.arange(10).reshape(10, 1) == 2, np.inf, Y)), NonFiniteError, "training targets contain"),
