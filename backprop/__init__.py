@@ -5,20 +5,21 @@
     value, grads = bp.value_and_grad(model, bp.losses.MeanSquaredError(), x, y)
 """
 
-from backprop import backends, errors, init, losses, optim, penalties
+from backprop import backends, callbacks, errors, init, losses, metrics, optim, penalties, training
 from backprop.backends import get_backend, to_numpy
 from backprop.checkpoint import Checkpoint, ModelCheckpoint, export_safetensors, load, load_checkpoint, load_into, save
 from backprop.gradients import gradcheck, value_and_grad
-from backprop.layers import Dense, Identity, Layer, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
-from backprop.layers import BatchNorm1d, Dropout, LayerNorm
+from backprop.layers import BatchNorm1d, Dense, Dropout, Identity, Layer, LayerNorm, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from backprop.model import Sequential
 from backprop.parameter import Parameter
+from backprop.training import History
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Dense", "Identity", "Layer", "LeakyReLU", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
-    "Checkpoint", "ModelCheckpoint", "export_safetensors", "load", "load_checkpoint", "load_into", "save",
-    "backends", "errors", "get_backend", "gradcheck", "init", "losses", "optim", "to_numpy", "value_and_grad",
+    "BatchNorm1d", "Dense", "Dropout", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU",
+    "Sequential", "Sigmoid", "Softmax", "Tanh",
+    "Checkpoint", "History", "ModelCheckpoint", "export_safetensors", "load", "load_checkpoint", "load_into", "save",
+    "backends", "callbacks", "errors", "get_backend", "gradcheck", "init", "losses", "metrics", "optim", "penalties",
+    "to_numpy", "training", "value_and_grad",
 ]
-__all__ += ["BatchNorm1d", "Dropout", "LayerNorm", "penalties"]

@@ -178,6 +178,20 @@ class Sequential:
 
     __call__ = predict
 
+    # -- training (backprop/training.py) --------------------------------------------------------------------
+    def fit(self, x: Any, y: Any, loss: Any, optimizer: Any, epochs: int, **options: Any) -> Any:
+        """Train with mini-batch gradient descent and return a `History`: see `backprop.training.fit`
+        for the options (batch_size, shuffle, seed, validation_data, metrics, callbacks, verbose)."""
+        from backprop.training import fit
+
+        return fit(self, x, y, loss, optimizer, epochs, **options)
+
+    def evaluate(self, x: Any, y: Any, loss: Any, metrics: Any = (), batch_size: int | None = None) -> dict[str, float]:
+        """``{"loss": ..., metric: ...}`` over (x, y) in inference mode: see `backprop.training.evaluate`."""
+        from backprop.training import evaluate
+
+        return evaluate(self, x, y, loss, metrics, batch_size)
+
     def config(self) -> dict:
         """The architecture as plain data: layer types and their constructor arguments, dtype."""
         return {

@@ -1,0 +1,311 @@
+"""The training loop: ``fit`` (mini-batch gradient descent with history, callbacks and progress) and ``evaluate``.
+
+One epoch: a permutation of the samples is drawn on the host from ``numpy.random.default_rng(seed)``, so every
+backend sees the same batches in the same order; the data are gathered in that order on the device once; then
+each contiguous batch b of n_b samples takes exactly one training step::
+
+    L_b = loss_and_backward(model, loss, x_b, y_b)   # zero grads, forward, loss, backward
+    optimizer.step()
+
+The epoch's loss is the mean of the batch losses weighted by batch size, sum_b (n_b / n) L_b (the mean over
+samples, as the parameters moved during the epoch), computed on the host in float64. Training metrics are computed at the end of each epoch on the
+whole training set with the epoch's final parameters (inference mode); validation loss and metrics likewise.
+
+Device discipline: host data are checked (shapes, NaN/inf) and copied to the device once per ``fit``; per epoch
+the only transfer is the permutation (n integers) and the only host read is one array holding the epoch's batch
+losses and metrics. Batch
+losses stay on the device, so the loop never waits for the device per batch.
+
+Divergence: a NaN or infinite loss is detected at the end of its epoch (that single host read). ``fit`` then
+restores the parameters, their optimiser slots (momentum, ...), the buffers and the optimiser's step count to
+their values at the start of that epoch, the last state known to be finite, and raises `DivergenceError`
+naming the epoch and the first non-finite batch (``error.epoch`` and ``error.batch``, counted from 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from backprop.data import check_finite, to_backend
+from backprop.errors import ConfigurationError, DivergenceError, ShapeError
+from backprop.gradients import loss_and_backward
+from backprop.losses import Loss
+from backprop.metrics import Metric, resolve
+from backprop.optim.base import Optimizer
+
+_HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
+
+
+class History:
+    """What ``fit`` returns: ``history[name]`` holds one Python float per epoch (Keras's convention).
+
+    Names: ``"loss"``, each metric (``"accuracy"``, ``"mse"``), and with validation data ``"val_loss"`` and
+    ``"val_<metric>"``. ``epoch`` lists the epochs that ran, counted from 0 as callbacks see them.
+    """
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for name, value in logs.items():
+            self.history.setdefault(name, []).append(value)
+
+    def __repr__(self) -> str:
+        last = {name: values[-1] for name, values in self.history.items()}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+class _Snapshot:
+    """Device copies of every parameter with its optimiser slots and every buffer, and the optimiser's scalars."""
+
+    def __init__(self, model: Any, optimizer: Optimizer) -> None:
+        xp = model.backend.xp
+        with model.backend.activate():
+            self.parameters = [
+                (p, xp.asarray(p.value, copy=True), {k: xp.asarray(v, copy=True) for k, v in p.state.items()})
+                for p in model.parameters()
+            ]
+            self.buffers = [(layer, {k: xp.asarray(v, copy=True) for k, v in layer.buffers.items()})
+                            for layer in model.layers if layer.buffers]
+        self.optimizer, self.optimizer_state = optimizer, optimizer.state_dict()
+
+    def restore(self) -> None:
+        for parameter, value, state in self.parameters:
+            parameter.value, parameter.state = value, state
+            parameter.zero_grad()
+        for layer, buffers in self.buffers:
+            layer.buffers = buffers
+        self.optimizer.load_state_dict(self.optimizer_state)
+
+
+class _Progress:
+    """verbose=1: a tqdm bar over epochs showing the logs (one printed line per epoch without tqdm);
+    verbose=2: one printed line per epoch; verbose=0: silent."""
+
+    def __init__(self, epochs: int, verbose: int) -> None:
+        self.epochs, self.bar, self.lines = epochs, None, verbose == 2
+        if verbose == 1:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                self.lines = True
+            else:
+                self.bar = tqdm(total=epochs, unit="epoch", desc="fit")
+
+    def update(self, epoch: int, logs: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({name: f"{value:.4g}" for name, value in logs.items()}, refresh=False)
+            self.bar.update(1)
+        elif self.lines:
+            print(f"epoch {epoch + 1}/{self.epochs}: " + ", ".join(f"{k} {v:.6g}" for k, v in logs.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, Any]:
+    """(inputs, prepared targets) on the model's device, checked for shape and NaN/inf; one copy each."""
+    backend = model.backend
+    inputs = model.as_input(x)
+    check_finite(inputs, backend, f"{what} inputs")
+    with backend.activate():
+        raw = to_backend(y, backend, model._dtype, what=f"{what} targets", integral_ok=True)
+    check_finite(raw, backend, f"{what} targets")
+    samples = inputs.shape[0]
+    if len(raw.shape) == 0 or raw.shape[0] != samples:
+        raise ShapeError(f"{what} inputs have {samples} samples but the targets have shape {tuple(raw.shape)}; "
+                         "give one target (row) per sample")
+    outputs = model.out_features if model.out_features is not None else model.predict(inputs[:1, ...]).shape[1]
+    with backend.activate():
+        targets = loss.prepare_target(raw, backend, model._dtype, (samples, outputs))
+    return inputs, targets
+
+
+def _bounds(samples: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + batch_size, samples)) for start in range(0, samples, batch_size)]
+
+
+def _evaluate(model: Any, inputs: Any, targets: Any, loss: Loss | None, metrics: dict[str, Metric],
+              bounds: list[tuple[int, int]]) -> dict[str, list]:
+    """Per-batch loss (unless None) and metrics in inference mode, as lists of 0-d device arrays."""
+    series: dict[str, list] = {}
+    for start, stop in bounds:
+        prediction = model.forward(inputs[start:stop, ...], training=False)[0]
+        target = targets[start:stop, ...]
+        with model.backend.activate():
+            if loss is not None:
+                series.setdefault("loss", []).append(loss(prediction, target))
+            for name, metric in metrics.items():
+                series.setdefault(name, []).append(metric(prediction, target))
+    return series
+
+
+def _read(model: Any, series: dict[str, list]) -> dict[str, list[float]]:
+    """Each series of 0-d device values as Python floats, all in one host read."""
+    xp, dtype = model.backend.xp, model._dtype
+    values = [value if value.dtype == dtype else xp.astype(value, dtype) for items in series.values() for value in items]
+    with model.backend.activate():
+        stacked = xp.stack(values) if len(values) > 1 else xp.reshape(values[0], (1,))
+    host = model.backend.to_numpy(stacked).tolist()
+    result, start = {}, 0
+    for name, items in series.items():
+        result[name], start = host[start:start + len(items)], start + len(items)
+    return result
+
+
+def _weighted_mean(values: list[float], sizes: np.ndarray) -> float:
+    """sum_b n_b v_b / sum_b n_b, in float64 on the host (a single batch's value as it is)."""
+    return values[0] if len(values) == 1 else float(np.dot(values, sizes) / np.sum(sizes))
+
+
+def _sizes(bounds: list[tuple[int, int]]) -> np.ndarray:
+    return np.array([stop - start for start, stop in bounds], dtype=np.float64)
+
+
+def _divergence(what: str, epoch: int, epochs: int, batch: int, batches: int, optimizer: Optimizer) -> DivergenceError:
+    lr = getattr(optimizer, "lr", None)
+    error = DivergenceError(
+        f"{what} at epoch {epoch + 1} of {epochs}, batch {batch + 1} of {batches}; training stopped and the "
+        f"parameters were restored to their values at the start of epoch {epoch + 1}. Try a smaller learning rate"
+        + (f" than lr={lr:g}" if lr is not None else "") + ", or scale the inputs and targets to order 1"
+    )
+    error.epoch, error.batch = epoch + 1, batch + 1
+    return error
+
+
+def fit(
+    model: Any,
+    x: Any,
+    y: Any,
+    loss: Loss,
+    optimizer: Optimizer,
+    epochs: int,
+    batch_size: int | None = None,
+    shuffle: bool = True,
+    seed: int | None = None,
+    validation_data: "tuple[Any, Any] | None" = None,
+    metrics: "Sequence[str | Metric]" = (),
+    callbacks: Iterable[Any] = (),
+    verbose: int = 1,
+) -> History:
+    """Train ``model`` on (x, y) for ``epochs`` passes; return the `History`.
+
+    ``batch_size=None`` is full-batch gradient descent (a larger batch size is clamped to the data size);
+    ``shuffle`` draws a new order every epoch from ``numpy.random.default_rng(seed)`` (``seed=None``: fresh
+    entropy). ``validation_data=(x_val, y_val)`` adds ``val_*`` logs. ``metrics``: names from
+    ``backprop.metrics.METRICS`` or functions. ``callbacks``: objects with the `backprop.callbacks.Callback`
+    hooks; one stops training with ``model.stop_training = True``. ``verbose``: 0 silent, 1 progress bar,
+    2 one line per epoch. Every argument and the data are checked before the first step. On a NaN or infinite
+    loss the state at the start of the epoch is restored and `DivergenceError` is raised (see the module doc).
+    """
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a backprop loss such as bp.losses.MeanSquaredError(), got {loss!r}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a backprop optimiser such as bp.optim.SGD(model.parameters(), lr=0.1), got {optimizer!r}")
+    owned = {id(p) for p in model.parameters()}
+    if not all(id(p) in owned for p in optimizer.params):
+        raise ConfigurationError("the optimiser updates parameters that are not this model's: build it with model.parameters()")
+    epochs = _positive_int(epochs, "epochs")
+    if verbose not in (0, 1, 2):
+        raise ConfigurationError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (one line per epoch), got {verbose!r}")
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        missing = [hook for hook in _HOOKS if not callable(getattr(callback, hook, None))]
+        if missing:
+            raise TypeError(f"callback {callback!r} lacks {missing}; subclass backprop.callbacks.Callback")
+    named_metrics = resolve(metrics)
+    rng = np.random.default_rng(seed)
+    if batch_size is not None:
+        batch_size = _positive_int(batch_size, "batch_size")
+
+    inputs, targets = _prepare(model, x, y, loss, "training")
+    samples = inputs.shape[0]
+    batch_size = samples if batch_size is None else min(batch_size, samples)
+    validation = None
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ConfigurationError("validation_data must be a pair (x_val, y_val)")
+        validation = _prepare(model, *validation_data, loss, "validation")
+
+    backend, xp = model.backend, model.backend.xp
+    bounds = _bounds(samples, batch_size)
+    sizes = _sizes(bounds)
+    validation_bounds = _bounds(validation[0].shape[0], batch_size) if validation is not None else []
+    validation_sizes = _sizes(validation_bounds)
+    history, logs = History(), {}
+    model.stop_training = False
+    for callback in callbacks:
+        callback.on_train_begin(model)
+    progress = _Progress(epochs, verbose)
+    try:
+        for epoch in range(epochs):
+            for callback in callbacks:
+                callback.on_epoch_begin(epoch)
+            snapshot = _Snapshot(model, optimizer)
+            epoch_inputs, epoch_targets = inputs, targets
+            if shuffle and len(bounds) > 1:
+                order = backend.to_device(rng.permutation(samples), None)
+                with backend.activate():
+                    epoch_inputs = xp.take(inputs, order, axis=0)
+                    epoch_targets = xp.take(targets, order, axis=0)
+            batch_losses = []
+            for start, stop in bounds:
+                batch_losses.append(loss_and_backward(model, loss, epoch_inputs[start:stop, ...],
+                                                      epoch_targets[start:stop, ...]))
+                optimizer.step()
+            series = {"loss": batch_losses}
+            if named_metrics:
+                series.update(_evaluate(model, inputs, targets, None, named_metrics, bounds))
+            if validation is not None:
+                scores = _evaluate(model, *validation, loss, named_metrics, validation_bounds)
+                series.update({f"val_{name}": values for name, values in scores.items()})
+            host = _read(model, series)
+            if not all(map(math.isfinite, host["loss"])):
+                batch = next(index for index, value in enumerate(host["loss"]) if not math.isfinite(value))
+                snapshot.restore()
+                raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
+                                  len(bounds), optimizer)
+            logs = {name: _weighted_mean(values, validation_sizes if name.startswith("val_") else sizes)
+                    for name, values in host.items()}
+            history.append(epoch, logs)
+            progress.update(epoch, logs)
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+        with backend.activate():
+            finite = all(bool(xp.all(xp.isfinite(p.value))) for p in model.parameters())
+        if not finite:  # the last step of the last epoch overflowed although its loss was finite
+            snapshot.restore()
+            raise _divergence("the parameters became NaN or infinite", epoch, epochs, len(bounds) - 1, len(bounds), optimizer)
+    finally:
+        progress.close()
+    for callback in callbacks:
+        callback.on_train_end(logs)
+    return history
+
+
+def evaluate(model: Any, x: Any, y: Any, loss: Loss, metrics: "Sequence[str | Metric]" = (),
+             batch_size: int | None = None) -> dict[str, float]:
+    """``{"loss": ..., metric: ...}`` over (x, y) in inference mode, as Python floats (batches weighted by size)."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a backprop loss such as bp.losses.MeanSquaredError(), got {loss!r}")
+    named_metrics = resolve(metrics)
+    inputs, targets = _prepare(model, x, y, loss, "evaluation")
+    samples = inputs.shape[0]
+    batch_size = samples if batch_size is None else min(_positive_int(batch_size, "batch_size"), samples)
+    bounds = _bounds(samples, batch_size)
+    host = _read(model, _evaluate(model, inputs, targets, loss, named_metrics, bounds))
+    return {name: _weighted_mean(values, _sizes(bounds)) for name, values in host.items()}

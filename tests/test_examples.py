@@ -1,0 +1,126 @@
+"""Every example through its entry point ``main(argv)``, with fewer epochs, asserting what it claims."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Examples save their PNG in the current directory: run them in a fresh one."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def assert_plot(name: str, output: str) -> None:
+    if HAS_MATPLOTLIB:
+        assert Path(name).stat().st_size > 10_000 and f"plot saved to {name}" in output
+    else:
+        assert "matplotlib is not installed" in output
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def test_worked_example_numbers_and_training_steps(capsys):
+    result = load("worked_example").main(["--epochs", "500"])
+    output = capsys.readouterr().out
+    # an independent matrix version of the 2-2-1 network: hidden = s(x W1), output = s(hidden W2), E = (t - y)^2 / 2
+    x, t = np.array([0.35, 0.7]), 0.5
+    w1, w2 = np.array([[0.2, 0.3], [0.2, 0.3]]), np.array([0.3, 0.9])
+    hidden = sigmoid(x @ w1)
+    y = sigmoid(hidden @ w2)
+    d5 = (t - y) * y * (1 - y)
+    d_hidden = hidden * (1 - hidden) * w2 * d5
+    new_w1, new_w2 = w1 + np.outer(x, d_hidden), w2 + d5 * hidden
+    expected = {"y3": hidden[0], "y4": hidden[1], "y5": y, "d5": d5, "d3": d_hidden[0], "d4": d_hidden[1],
+                "new w11": new_w1[0, 0], "new w21": new_w1[1, 0], "new w12": new_w1[0, 1], "new w22": new_w1[1, 1],
+                "new w13": new_w2[0], "new w23": new_w2[1], "second y5": sigmoid(sigmoid(x @ new_w1) @ new_w2)}
+    for name, value in expected.items():
+        assert result["figures"][name] == pytest.approx(value, abs=1e-6), name
+        assert result["library"].get(name, value) == pytest.approx(value, abs=1e-6), name
+    assert (round(result["figures"]["y3"], 4), round(result["figures"]["new w23"], 4)) == (0.5523, 0.8787)
+    # every figure of the tutorial is wrong at its printed precision except y5 = 0.67
+    assert sorted(result["differences"]) == sorted(["y3", "y4", "d5", "d4", "new w23", "new w11", "second y5"])
+    assert "DIFFERS: the tutorial writes 0.67816" in output and "agrees with the tutorial's 0.67" in output
+    # training: the same SGD replayed with the formulas above
+    steps, w1, w2 = 0, np.array([[0.2, 0.3], [0.2, 0.3]]), np.array([0.3, 0.9])
+    while abs(sigmoid(sigmoid(x @ w1) @ w2) - t) >= 1e-3:
+        hidden = sigmoid(x @ w1)
+        y = sigmoid(hidden @ w2)
+        d5 = (t - y) * y * (1 - y)
+        w1, w2 = w1 + np.outer(x, hidden * (1 - hidden) * w2 * d5), w2 + d5 * hidden
+        steps += 1
+    assert result["reached"] and result["steps"] == steps
+    assert abs(result["final_output"] - t) < 1e-3
+    assert f"after {steps} steps" in output
+    assert_plot("worked_example.png", output)
+
+
+def test_xor_predictions_round_to_xor(capsys):
+    result = load("xor").main(["--epochs", "4000"])
+    output = capsys.readouterr().out
+    assert result["rounded"] == [0, 1, 1, 0]
+    assert len(result["loss"]) == 4000 and result["final_loss"] < 0.1 < result["loss"][0]
+    assert output.count("epoch ") == 4  # every 1,000 epochs
+    assert "predictions round to [0, 1, 1, 0] (correct)" in output
+    assert_plot("xor.png", output)
+
+
+def test_teacher_student_r_squared_above_095(capsys):
+    result = load("teacher_student").main(["--epochs", "10"])
+    output = capsys.readouterr().out
+    assert result["r_squared"] > 0.95
+    # R^2 = 1 - MSE / variance on the held-out set
+    assert result["r_squared"] == pytest.approx(1 - result["val_mse"] / result["target_variance"], abs=1e-5)
+    assert_plot("teacher_student.png", output)
+
+
+def test_gradient_descent_reaches_minus_two_and_diverges_with_a_large_rate(capsys):
+    result = load("gradient_descent_1d").main(["--epochs", "40"])
+    output = capsys.readouterr().out
+    final = list(result["final"].values())
+    assert abs(final[0] + 2) < 1e-3 and abs(final[1] + 2) < 1e-3
+    assert abs(final[2] + 2) > 2  # lr 1.05: |x + 2| grows by 1.1 per step
+    for (label, path), start, lr in zip(result["paths"].items(), (0.0, -4.0, 0.0), (0.1, 0.1, 1.05)):
+        assert len(path) == 41
+        # x_k + 2 = (x_0 + 2) (1 - 2 lr)^k
+        np.testing.assert_allclose(np.array(path) + 2, (start + 2) * (1 - 2 * lr) ** np.arange(41), rtol=1e-9, atol=1e-12)
+    assert_plot("gradient_descent_1d.png", output)
+
+
+def test_gradient_descent_runs_as_a_script(tmp_path):
+    completed = subprocess.run([sys.executable, str(EXAMPLES / "gradient_descent_1d.py"), "--epochs", "40"],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "from 0, lr 0.1:" in completed.stdout and "within 1e-3 of -2 from step 35" in completed.stdout
+
+
+def test_digits_accuracy_above_090_next_to_scikit_learn(capsys):
+    pytest.importorskip("sklearn", reason="digits.py needs scikit-learn (pip install 'backprop-arrays[examples]')")
+    result = load("digits").main(["--epochs", "5"])
+    output = capsys.readouterr().out
+    ours, theirs = result["backprop"], result["scikit-learn"]
+    assert ours["accuracy"] > 0.9 and theirs["accuracy"] > 0.9
+    assert len(ours["loss"]) == len(theirs["loss"]) == 5  # the same number of epochs on both sides
+    assert ours["loss"][-1] < ours["loss"][0] and math.isfinite(ours["seconds"])
+    assert "backprop (cpu): test accuracy" in output and "scikit-learn MLPClassifier: test accuracy" in output
+    assert_plot("digits.png", output)
