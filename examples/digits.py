@@ -6,6 +6,7 @@ batch size and epochs (alpha=0: no weight decay; constant learning rate; no earl
 Both start from Glorot-uniform weights; both SGDs are heavy-ball momentum (v <- m v + g, w <- w - lr v, which
 is scikit-learn's v <- m v - lr g, w <- w + v for a constant lr; nesterovs_momentum=False).
 
+``--optimizer adam`` compares Adam (betas 0.9, 0.999, eps 1e-8; default lr 1e-3) with MLPClassifier's adam solver.
 Another optimiser is one entry in ``OPTIMIZERS``: its backprop constructor and its MLPClassifier settings.
 """
 
@@ -29,7 +30,11 @@ OPTIMIZERS: dict[str, tuple[Callable[[list, Any], bp.optim.Optimizer], Callable[
     "sgd": (lambda params, args: bp.optim.SGD(params, lr=args.lr, momentum=args.momentum),
             lambda args: {"solver": "sgd", "learning_rate_init": args.lr, "momentum": args.momentum,
                           "nesterovs_momentum": False, "learning_rate": "constant"}),
+    "adam": (lambda params, args: bp.optim.Adam(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8),
+             lambda args: {"solver": "adam", "learning_rate_init": args.lr, "beta_1": 0.9, "beta_2": 0.999,
+                           "epsilon": 1e-8}),
 }
+DEFAULT_LEARNING_RATES = {"sgd": 0.05, "adam": 1e-3}
 
 
 def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -72,20 +77,23 @@ def train_sklearn(args: Any, x_train, y_train, x_test, y_test) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
     def options(parser):
         parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd", help="optimiser (default sgd)")
-        parser.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+        parser.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
         parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
         parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
         parser.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
         parser.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling (default 0)")
 
     args = _common.parse_args("Handwritten digits: backprop against scikit-learn's MLPClassifier.", 30, argv, options)
+    if args.lr is None:
+        args.lr = DEFAULT_LEARNING_RATES[args.optimizer]
     try:
         x_train, x_test, y_train, y_test = load_split(args.seed)
     except ImportError:
         print("digits.py needs scikit-learn for its data set: pip install 'backprop-arrays[examples]'")
         return {}
     print(f"digits: {len(x_train)} training and {len(x_test)} test images; 64-{args.hidden}-10 ReLU network, "
-          f"softmax cross-entropy, {args.optimizer} (lr {args.lr}, momentum {args.momentum}), "
+          f"softmax cross-entropy, {args.optimizer} (lr {args.lr}"
+          f"{f', momentum {args.momentum}' if args.optimizer == 'sgd' else ''}), "
           f"batch {args.batch_size}, {args.epochs} epochs")
     results = {"backprop": train_ours(args, x_train, y_train, x_test, y_test),
                "scikit-learn": train_sklearn(args, x_train, y_train, x_test, y_test)}
