@@ -401,3 +401,13 @@ def test_numpy_scalars_are_accepted_and_stored_as_json_able_floats():
     schedule = bp.optim.StepLR(optimizer, step_size=np.int64(2), gamma=np.float32(0.5))
     assert json.loads(json.dumps(optimizer.state_dict()))["lr"] == 0.25
     assert json.loads(json.dumps(schedule.state_dict()))["step_size"] == 2
+
+
+def test_a_schedule_steps_once_per_epoch_as_a_fit_callback():
+    model = bp.Sequential(bp.Dense(2, 1), dtype="float64", seed=0)
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1)
+    schedule = bp.optim.StepLR(optimizer, step_size=2, gamma=0.5)
+    x = np.random.default_rng(0).normal(size=(8, 2))
+    model.fit(x, x[:, :1], bp.losses.MeanSquaredError(), optimizer, epochs=5, callbacks=[schedule], verbose=0)
+    assert schedule.last_step == 5
+    assert optimizer.lr == pytest.approx(0.1 * 0.5 ** 2)

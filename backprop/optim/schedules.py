@@ -12,6 +12,7 @@ rate lr_0) and the number t of ``step()`` calls so far, by a closed formula (the
                         then lr_0, or the wrapped schedule's rate at t - warmup_steps (``after=``)
 
 ``state_dict()`` is JSON-able host data, so checkpoints can save a schedule next to its optimiser.
+A schedule is also a `fit` callback that steps once per epoch: ``model.fit(..., callbacks=[StepLR(opt, 10)])``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import numbers
 from typing import Any
 
+from backprop.callbacks import Callback
 from backprop.errors import CheckpointError, ConfigurationError
 from backprop.optim.base import Optimizer, check_learning_rate, is_real
 
@@ -36,8 +38,11 @@ def _check_factor(name: str, value: Any) -> float:
     return float(value)
 
 
-class Schedule:
-    """Base class: ``step()`` advances t by one and sets ``optimizer.lr = lr_at(t)``; t = 0 leaves lr_0."""
+class Schedule(Callback):
+    """Base class: ``step()`` advances t by one and sets ``optimizer.lr = lr_at(t)``; t = 0 leaves lr_0.
+
+    As a `fit` callback it calls ``step()`` at the end of every epoch.
+    """
 
     def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
@@ -54,6 +59,9 @@ class Schedule:
         self.last_step += 1
         self.optimizer.lr = self.lr_at(self.last_step)
         return self.optimizer.lr
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.step()
 
     def hyperparameters(self) -> dict:
         raise NotImplementedError
