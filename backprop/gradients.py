@@ -12,15 +12,19 @@ from backprop.errors import GradientCheckError
 from backprop.losses import Loss
 
 
-def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = True, penalty: Any = None) -> Any:
+def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = True, penalty: Any = None,
+                      prepared: bool = False) -> Any:
     """Zero the gradients, run forward and backward once; return the loss as a 0-d device array.
 
     With a ``penalty`` (see `backprop.penalties`) the value is loss + R(w) and dR/dw joins the gradients.
+    ``prepared=True`` says that ``y`` is already the output of ``loss.prepare_target`` for this batch (on the
+    device, shaped like the output, validated), so it is used as it is: ``fit`` prepares and checks all the
+    targets once and then skips that work, and its host reads, for every batch.
     """
     model.zero_grad()
     output, backward = model.forward(x, training=training)
     with model.backend.activate():
-        target = loss.prepare_target(y, model.backend, model._dtype, tuple(output.shape))
+        target = y if prepared else loss.prepare_target(y, model.backend, model._dtype, tuple(output.shape))
         value, grad_output = loss.value_and_grad(output, target)
     backward(grad_output, need_input_grad=False)
     if penalty is not None:

@@ -181,7 +181,8 @@ class Sequential:
     # -- training (backprop/training.py) --------------------------------------------------------------------
     def fit(self, x: Any, y: Any, loss: Any, optimizer: Any, epochs: int, **options: Any) -> Any:
         """Train with mini-batch gradient descent and return a `History`: see `backprop.training.fit`
-        for the options (batch_size, shuffle, seed, validation_data, metrics, callbacks, verbose)."""
+        for the options (batch_size, shuffle, seed, validation_data, metrics, callbacks, verbose,
+        initial_epoch, penalty)."""
         from backprop.training import fit
 
         return fit(self, x, y, loss, optimizer, epochs, **options)

@@ -11,6 +11,12 @@ The epoch's loss is the mean of the batch losses weighted by batch size, sum_b (
 samples, as the parameters moved during the epoch), computed on the host in float64. Training metrics are computed at the end of each epoch on the
 whole training set with the epoch's final parameters (inference mode); validation loss and metrics likewise.
 
+Resuming: ``fit(..., epochs=E, initial_epoch=k)`` runs epochs k, ..., E - 1 (``epochs`` is the final epoch, as in
+Keras), after drawing and discarding the permutations of epochs 0, ..., k - 1. With the same ``seed``, a run
+interrupted after epoch k - 1 and resumed from a checkpoint of that epoch (`backprop.load_checkpoint`, which
+restores the optimiser too) sees the same batches as an uninterrupted run and ends with the same parameters.
+(`Dropout`'s mask generator is not saved in checkpoints, so a model with dropout draws other masks on resuming.)
+
 Device discipline: host data are checked (shapes, NaN/inf) and copied to the device once per ``fit``; per epoch
 the only transfer is the permutation (n integers) and the only host read is one array holding the epoch's batch
 losses and metrics. Batch
@@ -35,6 +41,7 @@ from backprop.gradients import loss_and_backward
 from backprop.losses import Loss
 from backprop.metrics import Metric, resolve
 from backprop.optim.base import Optimizer
+from backprop.penalties import Penalty
 
 _HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
 
@@ -87,7 +94,7 @@ class _Progress:
     """verbose=1: a tqdm bar over epochs showing the logs (one printed line per epoch without tqdm);
     verbose=2: one printed line per epoch; verbose=0: silent."""
 
-    def __init__(self, epochs: int, verbose: int) -> None:
+    def __init__(self, epochs: int, verbose: int, initial_epoch: int = 0) -> None:
         self.epochs, self.bar, self.lines = epochs, None, verbose == 2
         if verbose == 1:
             try:
@@ -95,7 +102,7 @@ class _Progress:
             except ImportError:
                 self.lines = True
             else:
-                self.bar = tqdm(total=epochs, unit="epoch", desc="fit")
+                self.bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="fit")
 
     def update(self, epoch: int, logs: dict[str, float]) -> None:
         if self.bar is not None:
@@ -199,6 +206,8 @@ def fit(
     metrics: "Sequence[str | Metric]" = (),
     callbacks: Iterable[Any] = (),
     verbose: int = 1,
+    initial_epoch: int = 0,
+    penalty: "Penalty | None" = None,
 ) -> History:
     """Train ``model`` on (x, y) for ``epochs`` passes; return the `History`.
 
@@ -207,7 +216,9 @@ def fit(
     entropy). ``validation_data=(x_val, y_val)`` adds ``val_*`` logs. ``metrics``: names from
     ``backprop.metrics.METRICS`` or functions. ``callbacks``: objects with the `backprop.callbacks.Callback`
     hooks; one stops training with ``model.stop_training = True``. ``verbose``: 0 silent, 1 progress bar,
-    2 one line per epoch. Every argument and the data are checked before the first step. On a NaN or infinite
+    2 one line per epoch. ``initial_epoch``: resume at this epoch (see the module doc). ``penalty`` (a
+    `backprop.penalties.Penalty`): every step minimises loss + R(w), as ``loss_and_backward(..., penalty=)``
+    does, and the logged ``"loss"`` includes R(w) (validation losses and metrics do not). Every argument and the data are checked before the first step. On a NaN or infinite
     loss the state at the start of the epoch is restored and `DivergenceError` is raised (see the module doc).
     """
     if not isinstance(loss, Loss):
@@ -218,6 +229,14 @@ def fit(
     if not all(id(p) in owned for p in optimizer.params):
         raise ConfigurationError("the optimiser updates parameters that are not this model's: build it with model.parameters()")
     epochs = _positive_int(epochs, "epochs")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
+            or not 0 <= initial_epoch < epochs:
+        raise ConfigurationError(
+            f"initial_epoch must be an integer in [0, epochs) = [0, {epochs}) (epochs is the final epoch when "
+            f"resuming), got {initial_epoch!r}"
+        )
+    if penalty is not None and not isinstance(penalty, Penalty):
+        raise TypeError(f"penalty must be a backprop penalty such as bp.penalties.L2(1e-4), got {penalty!r}")
     if verbose not in (0, 1, 2):
         raise ConfigurationError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (one line per epoch), got {verbose!r}")
     callbacks = list(callbacks)
@@ -248,14 +267,17 @@ def fit(
     model.stop_training = False
     for callback in callbacks:
         callback.on_train_begin(model)
-    progress = _Progress(epochs, verbose)
+    progress = _Progress(epochs, verbose, initial_epoch)
+    shuffling = shuffle and len(bounds) > 1
+    for _ in range(initial_epoch if shuffling else 0):  # the orders the resumed epochs' predecessors saw
+        rng.permutation(samples)
     try:
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             for callback in callbacks:
                 callback.on_epoch_begin(epoch)
             snapshot = _Snapshot(model, optimizer)
             epoch_inputs, epoch_targets = inputs, targets
-            if shuffle and len(bounds) > 1:
+            if shuffling:
                 order = backend.to_device(rng.permutation(samples), None)
                 with backend.activate():
                     epoch_inputs = xp.take(inputs, order, axis=0)
@@ -263,7 +285,7 @@ def fit(
             batch_losses = []
             for start, stop in bounds:
                 batch_losses.append(loss_and_backward(model, loss, epoch_inputs[start:stop, ...],
-                                                      epoch_targets[start:stop, ...]))
+                                                      epoch_targets[start:stop, ...], penalty=penalty, prepared=True))
                 optimizer.step()
             series = {"loss": batch_losses}
             if named_metrics:
