@@ -184,9 +184,11 @@ class CrossEntropy(Loss):
         L = -mean over samples of sum_k t_k log p_k (logs clamped at -100);  dL/dp = -t / p / n.
 
     ``weight`` (one non-negative number per class; PyTorch's ``CrossEntropyLoss(weight=...)``) replaces t_k by
-    w_k t_k in both formulas above, to count rare classes more. For class-index targets the mean is PyTorch's
-    weighted mean, sum_i w_{y_i} (-log q_{i, y_i}) / sum_i w_{y_i}: ``prepare_target`` folds the factor
-    n / sum_i w_{y_i} into the one-hot rows it returns. Probability rows keep the division by n.
+    w_k t_k in both formulas above, to count rare classes more, and the mean becomes the weighted mean of the
+    batch: the sum is divided by W = sum_i sum_k w_k t_ik instead of n (for class indices W = sum_i w_{y_i},
+    PyTorch's weighted mean). Every mini-batch is normalised by its own W, as in PyTorch; for soft probability
+    rows PyTorch divides by n instead, we use the same weighted mean for every kind of target. A batch whose
+    targets all weigh 0 contributes a loss and gradient of 0.
     """
 
     def __init__(self, from_logits: bool = True, reduction: str = "mean", weight: Any = None) -> None:
@@ -212,13 +214,7 @@ class CrossEntropy(Loss):
                 )
             if xp.isdtype(y.dtype, "real floating"):
                 y = xp.astype(y, xp.int64)
-            one_hot = xp.astype(xp.reshape(y, (-1, 1)) == xp.arange(classes, device=backend.device), dtype)
-            if self.weight is None or self.reduction != "mean":
-                return one_hot
-            total = xp.sum(one_hot * _weights_like(self.weight, one_hot, "CrossEntropy weight", classes))
-            if not float(total) > 0.0:
-                raise ValueError("the class weights of these targets sum to 0, so their weighted mean is undefined")
-            return one_hot * (n / total)
+            return xp.astype(xp.reshape(y, (-1, 1)) == xp.arange(classes, device=backend.device), dtype)
         if tuple(y.shape) != (n, classes):
             raise ShapeError(
                 f"CrossEntropy targets have shape {tuple(y.shape)}; give class indices of shape ({n},) "
@@ -232,6 +228,8 @@ class CrossEntropy(Loss):
         scale = 1.0 / n if self.reduction == "mean" else 1.0
         if self.weight is not None:
             target = target * _weights_like(self.weight, prediction, "CrossEntropy weight", prediction.shape[-1])
+            if self.reduction == "mean":  # a batch whose targets all weigh 0 contributes 0, not 0/0
+                scale = 1.0 / xp.maximum(xp.sum(target), xp.finfo(prediction.dtype).smallest_normal)
         if self.from_logits:
             log_q = log_softmax(xp, prediction)
             value = -xp.sum(target * log_q) * scale
