@@ -27,8 +27,9 @@ class Sigmoid(Layer):
     def forward(self, x, training=False):
         xp = self.backend.xp
         e = xp.exp(-xp.abs(x))
-        r = 1.0 / (1.0 + e)
-        y = xp.where(x >= 0, r, e * r)
+        y = xp.where(x >= 0, 1.0, e)
+        e += 1.0
+        y /= e  # y is a new array, so dividing in place saves a temporary
 
         def backward(dy, need_dx=True):
             return dy * (y * (1.0 - y))

@@ -28,7 +28,7 @@ class SGD(Optimizer):
                 velocity += grad
                 parameter.state["momentum"] = velocity  # rebinds on backends whose arrays are immutable
             grad = velocity
-        parameter.value -= self.lr * grad
+        parameter.value = parameter.backend.subtract_scaled(parameter.value, self.lr, grad)
 
     def hyperparameters(self) -> dict:
         return {"lr": self.lr, "momentum": self.momentum}
