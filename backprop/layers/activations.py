@@ -46,13 +46,17 @@ class Tanh(Layer):
 
 
 class ReLU(Layer):
-    """y = max(x, 0);  dx = g where x > 0, else 0 (so the gradient at exactly 0 is 0, as in PyTorch)."""
+    """y = max(x, 0);  dx = g * [x > 0] (so the gradient at exactly 0 is 0, as in PyTorch).
+
+    NaN inputs stay NaN, as in PyTorch. Written with ``maximum`` and a product with the mask rather than
+    ``where``, which NumPy runs several times slower.
+    """
 
     def forward(self, x, training=False):
         xp = self.backend.xp
         positive = x > 0
-        y = xp.where(positive, x, 0.0)
-        return y, lambda dy, need_dx=True: xp.where(positive, dy, 0.0)
+        y = xp.maximum(x, 0.0)
+        return y, lambda dy, need_dx=True: dy * xp.astype(positive, dy.dtype)
 
 
 class LeakyReLU(Layer):
