@@ -20,16 +20,17 @@ class Identity(Layer):
 class Sigmoid(Layer):
     """y = 1 / (1 + exp(-x));  dx = g * y * (1 - y).
 
-    Computed from e = exp(-|x|) <= 1 as y = 1/(1+e) for x >= 0 and e/(1+e) for x < 0, so no exponential
-    overflows (no warning, no inf) and small outputs keep their relative precision.
+    Computed as y = exp(min(x, 0)) / (1 + exp(-|x|)), which is 1/(1+e^-x) for x >= 0 and e^x/(1+e^x) for x < 0:
+    no exponential overflows (no warning, no inf), small outputs keep their relative precision, and no
+    ``where`` is needed (NumPy runs it several times slower than arithmetic).
     """
 
     def forward(self, x, training=False):
         xp = self.backend.xp
-        e = xp.exp(-xp.abs(x))
-        y = xp.where(x >= 0, 1.0, e)
-        e += 1.0
-        y /= e  # y is a new array, so dividing in place saves a temporary
+        denominator = xp.exp(-xp.abs(x))
+        denominator += 1.0
+        y = xp.exp(xp.minimum(x, 0.0))
+        y /= denominator  # y is a new array, so dividing in place saves a temporary
 
         def backward(dy, need_dx=True):
             return dy * (y * (1.0 - y))
