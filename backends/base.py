@@ -7,7 +7,10 @@ A backend bundles what the core needs to run the same math anywhere:
 * ``to_device`` / ``to_numpy``: host-to-device and device-to-host copies;
 * ``owns(array)``: whether an array already lives on this backend, so data can be used without a copy;
 * ``activate()``: the context the work runs in (CuPy needs its current device set; others need nothing);
-* ``synchronize()``: waits for queued device work (for timing).
+* ``synchronize()``: waits for queued device work (for timing);
+* ``matmul`` and ``subtract_scaled``: the two hot operations of a training step whose array-API form allocates a
+  parameter-sized array; a backend may supply a faster form (``matmul_out``, ``subtract_scaled_in_place``) that
+  writes into an existing array. The array-API expression stays the reference, and the tests compare the two.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from backprop.errors import DeviceError, DTypeError
 
 _FLOAT_DTYPES = ("float32", "float64")
+_NO_CONTEXT = contextlib.nullcontext()  # reusable and reentrant: one object for every backend without a context
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +44,8 @@ class Backend:
     context: Callable[[], ContextManager] | None = None
     sync: Callable[[], None] | None = None
     library: str = ""
+    matmul_out: Callable[[Any, Any, Any], Any] | None = None
+    subtract_scaled_in_place: Callable[[Any, float, Any], None] | None = None
     _dtypes: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,7 +93,26 @@ class Backend:
 
     def activate(self) -> ContextManager:
         """Context in which kernels for this device must run."""
-        return self.context() if self.context is not None else contextlib.nullcontext()
+        return self.context() if self.context is not None else _NO_CONTEXT
+
+    # -- hot operations with optional fast paths ------------------------------------------------------------
+    def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
+        """left @ right, written into ``out`` (an array of the result's shape and dtype that nothing else
+        holds) where this backend can; otherwise a new array. Returns the result."""
+        if out is not None and self.matmul_out is not None:
+            return self.matmul_out(left, right, out)
+        return left @ right
+
+    def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
+        """target - scale * update, written into ``target`` on backends whose arrays are mutable; returns it.
+
+        The reference ``target -= scale * update`` allocates a temporary the size of ``update``; a backend's
+        ``subtract_scaled_in_place`` does the same arithmetic without it."""
+        if self.subtract_scaled_in_place is not None:
+            self.subtract_scaled_in_place(target, scale, update)
+            return target
+        target -= scale * update
+        return target
 
     def synchronize(self) -> None:
         if self.sync is not None:

@@ -41,4 +41,6 @@ def make(spec: str, argument: str | None) -> Backend:
         device_name=described,
         sync=sync,
         library="torch",
+        matmul_out=lambda left, right, out: torch.matmul(left, right, out=out),
+        subtract_scaled_in_place=lambda target, scale, update: target.sub_(update, alpha=scale),
     )

@@ -15,7 +15,6 @@ from array_api_compat import device as _device_of
 
 from backprop.data import namespace_of as _namespace, to_backend
 from backprop.errors import ConfigurationError, ShapeError, TargetError
-from backprop.layers.activations import log_softmax
 
 _LOG_FLOOR = -100.0  # PyTorch clamps log-probabilities here, so log(0) gives a large finite loss, not inf
 _EPS = 1e-12  # PyTorch's floor for p(1-p) in the probability-space BCE gradient
@@ -32,6 +31,9 @@ class Loss:
 
     def prepare_target(self, target: Any, backend: Any, dtype: Any, output_shape: tuple) -> Any:
         """Targets on ``backend`` shaped like the prediction (a 1-D target for a single output is reshaped)."""
+        if _prepared(target, backend, dtype, output_shape):
+            self.check_values(target, backend)
+            return target
         y = to_backend(target, backend, dtype, what="targets")
         if len(y.shape) == 1 and len(output_shape) == 2 and output_shape[1] == 1:
             y = backend.xp.reshape(y, (-1, 1))
@@ -53,7 +55,7 @@ def _reduce(xp: Any, elementwise: Any, reduction: str) -> tuple[Any, float]:
         n = 1
         for size in elementwise.shape:
             n *= size
-        return xp.mean(elementwise), 1.0 / n
+        return xp.sum(elementwise) / n, 1.0 / n  # what mean computes, without its slower generic path
     return xp.sum(elementwise), 1.0
 
 
@@ -88,6 +90,12 @@ def _log1m_floored(xp: Any, p: Any) -> Any:
     return xp.clip(xp.where(below_one, xp.log1p(-xp.where(below_one, p, 0.0)), _LOG_FLOOR), _LOG_FLOOR, None)
 
 
+def _prepared(target: Any, backend: Any, dtype: Any, output_shape: tuple) -> bool:
+    """True for targets already on ``backend`` in ``dtype`` and shaped like the prediction (the training loop's
+    batches once ``prepare_target`` has run on the whole set): they need no transfer, cast or reshape."""
+    return backend.owns(target) and target.dtype == dtype and tuple(target.shape) == output_shape
+
+
 def _check_reduction(reduction: str) -> str:
     if reduction not in ("mean", "sum"):
         raise ConfigurationError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -104,7 +112,8 @@ class MeanSquaredError(Loss):
         xp = _namespace(prediction)
         diff = prediction - target
         value, scale = _reduce(xp, diff * diff, self.reduction)
-        return value, diff * (2.0 * scale)
+        diff *= 2.0 * scale  # diff is a new array: scaling it in place saves a temporary the size of the output
+        return value, diff
 
 
 class BinaryCrossEntropy(Loss):
@@ -197,6 +206,8 @@ class CrossEntropy(Loss):
         self.weight = _host_weights(weight, "CrossEntropy weight", (1,))
 
     def prepare_target(self, target, backend, dtype, output_shape):
+        if _prepared(target, backend, dtype, output_shape):  # rows of probabilities already in place
+            return target
         xp = backend.xp
         y = to_backend(target, backend, dtype, what="targets", integral_ok=True)
         n, classes = output_shape
@@ -231,10 +242,14 @@ class CrossEntropy(Loss):
             if self.reduction == "mean":  # a batch whose targets all weigh 0 contributes 0, not 0/0
                 scale = 1.0 / xp.maximum(xp.sum(target), xp.finfo(prediction.dtype).smallest_normal)
         if self.from_logits:
-            log_q = log_softmax(xp, prediction)
+            shifted = prediction - xp.max(prediction, axis=-1, keepdims=True)
+            exp_shifted = xp.exp(shifted)
+            total = xp.sum(exp_shifted, axis=-1, keepdims=True)
+            log_q = shifted - xp.log(total)  # log_softmax(z), sharing exp(shifted) with softmax below
             value = -xp.sum(target * log_q) * scale
-            q = xp.exp(log_q)
-            grad = (q * xp.sum(target, axis=-1, keepdims=True) - target) * scale
+            grad = exp_shifted  # becomes softmax(z) * sum_k t_k - t, scaled, in place (all new arrays)
+            grad *= xp.sum(target, axis=-1, keepdims=True) * (scale / total)
+            grad -= target * scale
             return value, grad
         log_p = _log_floored(xp, prediction)
         value = -xp.sum(target * log_p) * scale

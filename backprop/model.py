@@ -76,8 +76,9 @@ class Sequential:
                 yield f"{index}.{name}", value
 
     def zero_grad(self) -> None:
-        for parameter in self.parameters():
-            parameter.zero_grad()
+        for layer in self.layers:
+            for parameter in layer.params.values():
+                parameter.zero_grad()
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host NumPy copies of every parameter and buffer, by qualified name."""
@@ -140,6 +141,10 @@ class Sequential:
     # -- computing ------------------------------------------------------------------------------------------
     def as_input(self, x: Any) -> Any:
         """``x`` on the model's device in its dtype, checked to be a 2-D batch that fits the first layer."""
+        if self.backend.owns(x) and x.dtype == self._dtype:  # the hot path: a batch already in place
+            shape = x.shape
+            if len(shape) == 2 and shape[0] > 0 and (self.in_features is None or shape[1] == self.in_features):
+                return x
         with self.backend.activate():
             array = to_backend(x, self.backend, self._dtype, what="input")
         check_features(array, self.in_features, self._input_layer)

@@ -15,14 +15,19 @@ class Parameter:
     ``value`` is the array on the model's device. ``grad`` is dL/d(value), accumulated by backward passes; after
     ``zero_grad()`` it reads as zeros (allocated lazily, so a training step never spends a pass writing zeros).
     ``state`` maps an optimiser's slot names to arrays shaped like ``value`` on the same device.
+
+    ``zero_grad()`` keeps the last gradient array as a spare that ``accumulate_product`` writes the next one into
+    (on backends that can), so steady-state training allocates no parameter-sized gradient per step: copy
+    ``grad`` if you need it after the next ``zero_grad()``.
     """
 
-    __slots__ = ("name", "value", "_grad", "state", "backend")
+    __slots__ = ("name", "value", "_grad", "_spare", "state", "backend")
 
     def __init__(self, name: str, value: Any, backend: Any) -> None:
         self.name = name
         self.value = value
         self._grad = None
+        self._spare = None
         self.state: dict[str, Any] = {}
         self.backend = backend
 
@@ -50,10 +55,26 @@ class Parameter:
         """
         if self._grad is None:
             self._grad = fresh_gradient
+            self._spare = None
         else:
             self._grad += fresh_gradient
 
+    def accumulate_product(self, left: Any, right: Any) -> None:
+        """grad += left @ right; the first product after ``zero_grad()`` is written into the spare gradient
+        array where the backend supports it (``Backend.matmul``), else into a new array that is adopted."""
+        if self._grad is not None:
+            self._grad += left @ right
+            return
+        spare = self._spare
+        if spare is not None and spare.dtype == self.value.dtype and self.backend.owns(spare):
+            self._grad = self.backend.matmul(left, right, out=spare)
+        else:
+            self._grad = left @ right
+        self._spare = None
+
     def zero_grad(self) -> None:
+        if self._grad is not None:
+            self._spare = self._grad
         self._grad = None
 
     @property

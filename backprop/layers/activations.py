@@ -20,15 +20,17 @@ class Identity(Layer):
 class Sigmoid(Layer):
     """y = 1 / (1 + exp(-x));  dx = g * y * (1 - y).
 
-    Computed from e = exp(-|x|) <= 1 as y = 1/(1+e) for x >= 0 and e/(1+e) for x < 0, so no exponential
-    overflows (no warning, no inf) and small outputs keep their relative precision.
+    Computed as y = exp(min(x, 0)) / (1 + exp(-|x|)), which is 1/(1+e^-x) for x >= 0 and e^x/(1+e^x) for x < 0:
+    no exponential overflows (no warning, no inf), small outputs keep their relative precision, and no
+    ``where`` is needed (NumPy runs it several times slower than arithmetic).
     """
 
     def forward(self, x, training=False):
         xp = self.backend.xp
-        e = xp.exp(-xp.abs(x))
-        r = 1.0 / (1.0 + e)
-        y = xp.where(x >= 0, r, e * r)
+        denominator = xp.exp(-xp.abs(x))
+        denominator += 1.0
+        y = xp.exp(xp.minimum(x, 0.0))
+        y /= denominator  # y is a new array, so dividing in place saves a temporary
 
         def backward(dy, need_dx=True):
             return dy * (y * (1.0 - y))
@@ -45,13 +47,17 @@ class Tanh(Layer):
 
 
 class ReLU(Layer):
-    """y = max(x, 0);  dx = g where x > 0, else 0 (so the gradient at exactly 0 is 0, as in PyTorch)."""
+    """y = max(x, 0);  dx = g * [x > 0] (so the gradient at exactly 0 is 0, as in PyTorch).
+
+    NaN inputs stay NaN, as in PyTorch. Written with ``maximum`` and a product with the mask rather than
+    ``where``, which NumPy runs several times slower.
+    """
 
     def forward(self, x, training=False):
         xp = self.backend.xp
         positive = x > 0
-        y = xp.where(positive, x, 0.0)
-        return y, lambda dy, need_dx=True: xp.where(positive, dy, 0.0)
+        y = xp.maximum(x, 0.0)
+        return y, lambda dy, need_dx=True: dy * xp.astype(positive, dy.dtype)
 
 
 class LeakyReLU(Layer):
@@ -89,12 +95,7 @@ class Softmax(Layer):
         return y, backward
 
 
-def log_softmax(xp: Any, x: Any) -> Any:
-    """log softmax over the last axis, shifted by the row maximum so exp never overflows."""
-    shifted = x - xp.max(x, axis=-1, keepdims=True)
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-
-
 def softmax(xp: Any, x: Any) -> Any:
+    """softmax over the last axis, shifted by the row maximum so exp never overflows."""
     shifted = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
     return shifted / xp.sum(shifted, axis=-1, keepdims=True)

@@ -57,7 +57,7 @@ class Dense(Layer):
             y += bias.value
 
         def backward(dy: Any, need_dx: bool = True) -> Any:
-            weight.accumulate(x.T @ dy)
+            weight.accumulate_product(x.T, dy)
             if bias is not None:
                 bias.accumulate(self.backend.xp.sum(dy, axis=0))
             return dy @ weight.value.T if need_dx else None

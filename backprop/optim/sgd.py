@@ -62,7 +62,7 @@ class SGD(Optimizer):
                 velocity += direction if self.dampening == 0 else (1.0 - self.dampening) * direction
             parameter.state["momentum"] = velocity  # rebinds on backends whose arrays are immutable
             direction = direction + self.momentum * velocity if self.nesterov else velocity
-        parameter.value -= self.lr * direction
+        parameter.value = parameter.backend.subtract_scaled(parameter.value, self.lr, direction)
 
     def hyperparameters(self) -> dict:
         return {

@@ -1,0 +1,391 @@
+"""Benchmark suite: our training step against the matrix-product floor and PyTorch, in one process.
+
+    python -m benchmarks.run                      # every workload on the CPU (NumPy), a few minutes
+    python -m benchmarks.run --device cuda        # CuPy against cuBLAS and PyTorch CUDA
+    python -m benchmarks.run --quick              # tiny sizes, a few seconds (the smoke test)
+    python -m benchmarks.run --workloads xor small --repeats 21
+
+Each workload's candidates run in alternating rounds (ours, floor, PyTorch, ours on the torch backend, then
+again), so that slow drifts, and BLAS threads still spinning after the previous product, hit all of them alike.
+A round times ``inner`` back-to-back steps (synchronising the device before each clock read) and records the
+mean step time. We report the median round and the fastest round of each candidate; the ratios use the fastest
+rounds (the least disturbed measurement of each), with the ratios of medians beside them in the JSON.
+Peak memory per step: tracemalloc for NumPy arrays, the growth of the process's peak RSS for the others
+(PyTorch on the CPU), CuPy's memory pool or PyTorch's allocator statistics on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import backprop as bp
+from benchmarks.workloads import QUICK_WORKLOADS, WORKLOADS, Workload, floor_step, our_step, pytorch_step
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CANDIDATES = ("ours", "floor", "pytorch", "ours_torch")
+
+
+# -- devices --------------------------------------------------------------------------------------------------
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_device(backend: bp.backends.Backend) -> str:
+    """PyTorch's name for the device ``backend`` runs on (``"cuda:N"`` for CuPy, else ``"cpu"``)."""
+    return backend.spec if backend.library == "cupy" else "cpu"
+
+
+def synchronizer(library: str, device: str) -> Callable[[], None]:
+    if library == "torch" and device.startswith("cuda"):
+        import torch
+
+        return lambda: torch.cuda.synchronize(device)
+    if library != "torch":
+        return bp.get_backend(device).synchronize
+    return lambda: None
+
+
+# -- timing ---------------------------------------------------------------------------------------------------
+def time_round(step: Callable[[], Any], sync: Callable[[], None], inner: int) -> float:
+    """Mean seconds per step over ``inner`` back-to-back steps, the device synchronised before each clock read."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(inner):
+        step()
+    sync()
+    return (time.perf_counter() - start) / inner
+
+
+def calibrate(step: Callable[[], Any], sync: Callable[[], None], round_seconds: float) -> int:
+    """Warm the step up, then choose how many steps make one round last about ``round_seconds``."""
+    for _ in range(3):
+        seconds = time_round(step, sync, 1)
+    inner = 1
+    while seconds * inner < round_seconds / 4 and inner < 1_000_000:
+        inner *= 4
+        seconds = time_round(step, sync, inner)
+    return max(1, round(round_seconds / max(seconds, 1e-9)))
+
+
+# -- memory ---------------------------------------------------------------------------------------------------
+def _read_status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory(step: Callable[[], Any], library: str, device: str) -> tuple[int | None, str]:
+    """(bytes above the resting level at the step's peak, how it was measured) for one warm step."""
+    step()
+    gc.collect()
+    if library in ("numpy", "array_api_strict"):
+        tracemalloc.start()
+        try:
+            step()
+            tracemalloc.reset_peak()
+            resting = tracemalloc.get_traced_memory()[0]
+            step()
+            return tracemalloc.get_traced_memory()[1] - resting, "tracemalloc"
+        finally:
+            tracemalloc.stop()
+    if library == "cupy":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        bp.get_backend(device).synchronize()
+        pool.free_all_blocks()
+        resting = pool.used_bytes()
+        step()
+        bp.get_backend(device).synchronize()
+        return pool.total_bytes() - resting, "CuPy memory pool (blocks held after one step from an emptied pool)"
+    if library == "torch" and device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        resting = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - resting, "torch.cuda.max_memory_allocated"
+    try:  # glibc: hand freed heap pages back, so that the step's allocations show up as RSS growth
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:  # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return None, "unavailable"
+    resting = _read_status("VmRSS")
+    step()
+    peak = _read_status("VmHWM")
+    if resting is None or peak is None:
+        return None, "unavailable"
+    return max(peak - resting, 0), "peak RSS growth after malloc_trim"
+
+
+# -- one workload ---------------------------------------------------------------------------------------------
+def candidates(workload: Workload, device: str, with_torch: bool) -> dict[str, tuple[Callable[[], Any], str, str]]:
+    """name -> (step, library, device) for every candidate that can run here."""
+    backend = bp.get_backend(device)
+    built = {
+        "ours": (our_step(workload, device), backend.library, device),
+        "floor": (floor_step(workload, device), backend.library, device),
+    }
+    if with_torch:
+        on = torch_device(backend)
+        built["pytorch"] = (pytorch_step(workload, on), "torch", on)
+        torch_spec = f"torch:{on}"
+        if bp.get_backend(torch_spec).supports(workload.dtype):
+            built["ours_torch"] = (our_step(workload, torch_spec), "torch", on)
+    return built
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int, round_seconds: float) -> dict:
+    built = candidates(workload, device, with_torch)
+    syncs = {name: synchronizer(library, on) for name, (_, library, on) in built.items()}
+    inner = {name: calibrate(step, syncs[name], round_seconds) for name, (step, _, _) in built.items()}
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for _ in range(rounds):
+        for name, (step, _, _) in built.items():
+            times[name].append(time_round(step, syncs[name], inner[name]))
+    result: dict[str, Any] = {"workload": workload.name, "label": workload.label, "rounds": rounds, "candidates": {}}
+    for name, (step, library, on) in built.items():
+        peak, method = peak_memory(step, library, on)
+        result["candidates"][name] = {
+            "median_s": statistics.median(times[name]),
+            "fastest_s": min(times[name]),
+            "rounds_s": times[name],
+            "steps_per_round": inner[name],
+            "peak_bytes": peak,
+            "peak_method": method,
+        }
+    found = result["candidates"]
+
+    def pick(name: str, key: str) -> float | None:
+        return found[name][key] if name in found else None
+
+    for key, suffix in (("fastest_s", ""), ("median_s", "_median")):
+        result["ratios" + suffix] = {
+            "ours/floor": ratio(pick("ours", key), pick("floor", key)),
+            "ours/pytorch": ratio(pick("ours", key), pick("pytorch", key)),
+            "ours_torch/pytorch": ratio(pick("ours_torch", key), pick("pytorch", key)),
+        }
+    return result
+
+
+# -- environment ----------------------------------------------------------------------------------------------
+def environment(device: str) -> dict:
+    backend = bp.get_backend(device)
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": backend.spec,
+        "device_name": backend.device_name,
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {cpu_model()}",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {"backprop": bp.__version__, "numpy": np.__version__},
+        "blas": {"numpy": numpy_blas()},
+    }
+    import array_api_compat
+
+    info["versions"]["array_api_compat"] = array_api_compat.__version__
+    if torch_available():
+        import torch
+
+        info["versions"]["torch"] = torch.__version__
+        info["blas"]["torch"] = torch_blas()
+        info["torch_threads"] = torch.get_num_threads()
+    if backend.library == "cupy":
+        import cupy
+
+        info["versions"]["cupy"] = cupy.__version__
+        info["blas"]["cupy"] = f"cuBLAS (CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()})"
+    try:
+        import threadpoolctl
+
+        info["threadpools"] = threadpoolctl.threadpool_info()
+    except ImportError:
+        info["threadpools"] = "threadpoolctl not installed"
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def numpy_blas() -> str:
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except (TypeError, KeyError):  # NumPy < 2 has no mode="dicts"
+        return "unknown"
+    return blas.get("openblas configuration") or f"{blas.get('name')} {blas.get('version')}"
+
+
+def torch_blas() -> str:
+    import torch
+
+    for part in torch.__config__.show().replace("\n", ",").split(","):
+        if "BLAS_INFO" in part:
+            return part.strip()
+    return "unknown"
+
+
+# -- reporting ------------------------------------------------------------------------------------------------
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+
+
+def table(report: dict) -> str:
+    """Markdown table: median step times, ratios of the fastest rounds (medians' ratios in brackets), peaks."""
+    header = (
+        "| workload | ours | floor | PyTorch | ours on torch | ours/floor | ours/PyTorch | torch-backend/PyTorch "
+        "| peak ours | peak PyTorch |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for result in report["results"]:
+        found = result["candidates"]
+
+        def median(name: str) -> str:
+            return _time(found[name]["median_s"]) if name in found else "-"
+
+        def both(key: str) -> str:
+            return f"{_ratio(result['ratios'][key])} ({_ratio(result['ratios_median'][key])})"
+
+        rows.append(
+            f"| {result['label']} | {median('ours')} | {median('floor')} | {median('pytorch')} | "
+            f"{median('ours_torch')} | {both('ours/floor')} | {both('ours/pytorch')} | {both('ours_torch/pytorch')} | "
+            f"{_bytes(found['ours']['peak_bytes'])} | {_bytes(found.get('pytorch', {}).get('peak_bytes'))} |"
+        )
+    return header + "\n".join(rows) + "\n"
+
+
+def markdown(report: dict, command: str) -> str:
+    env = report["environment"]
+    lines = [
+        f"# Benchmark: {env['device']} ({env['device_name']})",
+        "",
+        f"Date: {env['date']}. Machine: {env['machine']}. Command: `{command}`.",
+        "",
+        "Times are medians of alternating rounds; ratios compare the fastest rounds (ratio of medians in brackets).",
+        "Ours = `loss_and_backward` + `SGD.step()` as `fit` runs them per batch; floor = the same matrix products "
+        "alone on the same backend; PyTorch = autograd with `nn.Linear` and `torch.optim.SGD`; ours on torch = our "
+        "step on the `torch` backend (PyTorch's BLAS, none of its autograd). Peak = memory above the resting level "
+        "during one step.",
+        "",
+        table(report),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
+        "",
+        "BLAS: " + "; ".join(f"{k}: {v}" for k, v in env["blas"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+# -- entry point ----------------------------------------------------------------------------------------------
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="backend specifier for ours and the floor: cpu, cuda, cuda:N")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds (the CI smoke test)")
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--repeats", type=int, default=None, help="alternating rounds per workload (default: per workload)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch candidates even if it is installed")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"folder for the JSON and Markdown (default {RESULTS})")
+    arguments = parser.parse_args(argv)
+    if arguments.repeats is not None and arguments.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> dict:
+    arguments = parse_arguments(argv)
+    device = bp.get_backend(arguments.device).spec
+    catalogue = QUICK_WORKLOADS if arguments.quick else WORKLOADS
+    with_torch = torch_available() and not arguments.no_torch
+    round_seconds = 0.002 if arguments.quick else 0.1
+    report: dict[str, Any] = {"environment": environment(device), "quick": arguments.quick, "results": []}
+    for name in arguments.workloads:
+        workload = catalogue[name]
+        rounds = arguments.repeats or workload.rounds
+        print(f"{workload.label}: {rounds} rounds ...", file=sys.stderr, flush=True)
+        report["results"].append(run_workload(workload, device, with_torch, rounds, round_seconds))
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    report["command"] = command.strip()
+    stem = f"{device.replace(':', '')}-{'quick' if arguments.quick else 'latest'}"
+    write_atomically(arguments.output / f"{stem}.json", json.dumps(report, indent=1, default=_json_default) + "\n")
+    write_atomically(arguments.output / f"{stem}.md", markdown(report, report["command"]))
+    env = report["environment"]
+    print(f"{env['device']} ({env['device_name']}); {env['machine']}; numpy BLAS: {env['blas']['numpy']}")
+    print(table(report))
+    print(f"written: {arguments.output / stem}.json and .md")
+    return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+if __name__ == "__main__":
+    main()
