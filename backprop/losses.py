@@ -15,6 +15,7 @@ from array_api_compat import device as _device_of
 
 from backprop.data import namespace_of as _namespace, to_backend
 from backprop.errors import ConfigurationError, ShapeError, TargetError
+from backprop.layers.activations import sigmoid
 
 _LOG_FLOOR = -100.0  # PyTorch clamps log-probabilities here, so log(0) gives a large finite loss, not inf
 _EPS = 1e-12  # PyTorch's floor for p(1-p) in the probability-space BCE gradient
@@ -125,7 +126,8 @@ class BinaryCrossEntropy(Loss):
         L = mean(max(z, 0) - z t + log(1 + exp(-|z|)));  dL/dz = (sigmoid(z) - t) / N.
 
     ``pos_weight`` w (a number, or one per output column; PyTorch's ``BCEWithLogitsLoss(pos_weight=...)``)
-    weighs the positive term, to count rare positives w times: with c = 1 + (w - 1) t,
+    weighs the positive term, to count rare positives w times: with c = 1 + (w - 1) t (w = c = 1 without it,
+    which gives the formulas above; the code computes these general ones),
         from_logits=False:  L = -mean(w t log p + (1 - t) log(1 - p));  dL/dp = (c p - w t) / (p (1 - p)) / N;
         from_logits=True:   L = mean((1 - t) z + c (log(1 + exp(-|z|)) + max(-z, 0)));  dL/dz = (c sigmoid(z) - w t) / N.
     """
@@ -137,39 +139,18 @@ class BinaryCrossEntropy(Loss):
 
     def value_and_grad(self, prediction, target):
         xp = _namespace(prediction)
-        if self.pos_weight is not None:
-            return self._value_and_grad_weighted(xp, prediction, target)
+        if self.pos_weight is None:
+            w = c = 1.0
+        else:
+            w = _weights_like(self.pos_weight, prediction, "BinaryCrossEntropy pos_weight", prediction.shape[-1])
+            c = 1.0 + (w - 1.0) * target
         if self.from_logits:
             z = prediction
-            e = xp.exp(-xp.abs(z))
-            elementwise = xp.maximum(z, 0.0) - z * target + xp.log1p(e)
-            r = 1.0 / (1.0 + e)
-            sigmoid = xp.where(z >= 0, r, e * r)
+            elementwise = (1.0 - target) * z + c * (xp.log1p(xp.exp(-xp.abs(z))) + xp.maximum(-z, 0.0))
             value, scale = _reduce(xp, elementwise, self.reduction)
-            return value, (sigmoid - target) * scale
+            return value, (c * sigmoid(xp, z) - w * target) * scale
         p = prediction
-        log_p = _log_floored(xp, p)
-        log_1mp = _log1m_floored(xp, p)
-        elementwise = -(target * log_p + (1.0 - target) * log_1mp)
-        value, scale = _reduce(xp, elementwise, self.reduction)
-        grad = (p - target) / xp.clip(p * (1.0 - p), _EPS, None)
-        return value, grad * scale
-
-    def _value_and_grad_weighted(self, xp, prediction, target):
-        w = _weights_like(self.pos_weight, prediction, "BinaryCrossEntropy pos_weight", prediction.shape[-1])
-        c = 1.0 + (w - 1.0) * target
-        if self.from_logits:
-            z = prediction
-            e = xp.exp(-xp.abs(z))
-            elementwise = (1.0 - target) * z + c * (xp.log1p(e) + xp.maximum(-z, 0.0))
-            r = 1.0 / (1.0 + e)
-            sigmoid = xp.where(z >= 0, r, e * r)
-            value, scale = _reduce(xp, elementwise, self.reduction)
-            return value, (c * sigmoid - w * target) * scale
-        p = prediction
-        log_p = _log_floored(xp, p)
-        log_1mp = _log1m_floored(xp, p)
-        elementwise = -(w * target * log_p + (1.0 - target) * log_1mp)
+        elementwise = -(w * target * _log_floored(xp, p) + (1.0 - target) * _log1m_floored(xp, p))
         value, scale = _reduce(xp, elementwise, self.reduction)
         grad = (c * p - w * target) / xp.clip(p * (1.0 - p), _EPS, None)
         return value, grad * scale

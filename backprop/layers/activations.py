@@ -26,11 +26,7 @@ class Sigmoid(Layer):
     """
 
     def forward(self, x, training=False):
-        xp = self.backend.xp
-        denominator = xp.exp(-xp.abs(x))
-        denominator += 1.0
-        y = xp.exp(xp.minimum(x, 0.0))
-        y /= denominator  # y is a new array, so dividing in place saves a temporary
+        y = sigmoid(self.backend.xp, x)
 
         def backward(dy, need_dx=True):
             return dy * (y * (1.0 - y))
@@ -93,6 +89,15 @@ class Softmax(Layer):
             return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True))
 
         return y, backward
+
+
+def sigmoid(xp: Any, x: Any) -> Any:
+    """1 / (1 + exp(-x)) as exp(min(x, 0)) / (1 + exp(-|x|)): no exponential overflows (see `Sigmoid`)."""
+    denominator = xp.exp(-xp.abs(x))
+    denominator += 1.0
+    y = xp.exp(xp.minimum(x, 0.0))
+    y /= denominator  # y is a new array, so dividing in place saves a temporary
+    return y
 
 
 def softmax(xp: Any, x: Any) -> Any:
