@@ -8,7 +8,7 @@ import numpy as np
 
 from backprop.errors import ShapeError
 from backprop.layers.base import Layer
-from backprop.layers.standardize import check_num_features, standardize, standardize_backward
+from backprop.layers.standardize import check_num_features, scale_and_shift, standardize, standardize_backward
 
 
 class BatchNorm1d(Layer):
@@ -65,14 +65,13 @@ class BatchNorm1d(Layer):
         else:
             inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
             x_hat = (x - self.buffers["running_mean"]) * inv_std
-        weight, bias = self.params.get("weight"), self.params.get("bias")
-        y = x_hat * weight.value + bias.value if self.affine else x_hat
+        y, affine_backward = x_hat, None
+        if self.affine:
+            y, affine_backward = scale_and_shift(xp, x_hat, self.params["weight"], self.params["bias"])
 
         def backward(dy: Any, need_dx: bool = True) -> Any:
-            if self.affine:
-                weight.accumulate(xp.sum(dy * x_hat, axis=0))
-                bias.accumulate(xp.sum(dy, axis=0))
-                dy = dy * weight.value
+            if affine_backward is not None:
+                dy = affine_backward(dy)
             if not need_dx:
                 return None
             return standardize_backward(xp, dy, x_hat, inv_std, 0) if training else dy * inv_std

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from backprop.layers.base import Layer
-from backprop.layers.standardize import check_num_features, standardize, standardize_backward
+from backprop.layers.standardize import check_num_features, scale_and_shift, standardize, standardize_backward
 
 
 class LayerNorm(Layer):
@@ -38,14 +38,13 @@ class LayerNorm(Layer):
     def forward(self, x: Any, training: bool = False):
         xp = self.backend.xp
         x_hat, inv_std, _, _ = standardize(xp, x, -1, self.eps)
-        weight, bias = self.params.get("weight"), self.params.get("bias")
-        y = x_hat * weight.value + bias.value if self.elementwise_affine else x_hat
+        y, affine_backward = x_hat, None
+        if self.elementwise_affine:
+            y, affine_backward = scale_and_shift(xp, x_hat, self.params["weight"], self.params["bias"])
 
         def backward(dy: Any, need_dx: bool = True) -> Any:
-            if self.elementwise_affine:
-                weight.accumulate(xp.sum(dy * x_hat, axis=0))
-                bias.accumulate(xp.sum(dy, axis=0))
-                dy = dy * weight.value
+            if affine_backward is not None:
+                dy = affine_backward(dy)
             return standardize_backward(xp, dy, x_hat, inv_std, -1) if need_dx else None
 
         return y, backward

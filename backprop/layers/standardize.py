@@ -3,6 +3,7 @@
 Over the m elements of ``axis``:  mu = mean(x),  var = mean((x - mu)^2) (biased),  r = 1 / sqrt(var + eps),
 x_hat = (x - mu) r.  Given g = dL/dx_hat, since mu and var depend on every element:
     dL/dx = r (g - mean(g) - x_hat mean(g x_hat)).
+Both layers then scale and shift per feature: y = x_hat * gamma + beta (``scale_and_shift``).
 """
 
 from __future__ import annotations
@@ -33,3 +34,15 @@ def standardize_backward(xp: Any, grad_x_hat: Any, x_hat: Any, inv_std: Any, axi
     mean_grad = xp.mean(grad_x_hat, axis=axis, keepdims=True)
     mean_projection = xp.mean(grad_x_hat * x_hat, axis=axis, keepdims=True)
     return inv_std * (grad_x_hat - mean_grad - x_hat * mean_projection)
+
+
+def scale_and_shift(xp: Any, x_hat: Any, weight: Any, bias: Any) -> tuple[Any, Any]:
+    """y = x_hat * gamma + beta per feature, and its backward: given g = dL/dy, accumulate
+    dL/dgamma = sum over the batch of g * x_hat and dL/dbeta = sum over the batch of g; return dL/dx_hat = g * gamma."""
+
+    def backward(dy: Any) -> Any:
+        weight.accumulate(xp.sum(dy * x_hat, axis=0))
+        bias.accumulate(xp.sum(dy, axis=0))
+        return dy * weight.value
+
+    return x_hat * weight.value + bias.value, backward
