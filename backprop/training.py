@@ -25,8 +25,9 @@ losses stay on the device, so the loop never waits for the device per batch.
 
 Divergence: a NaN or infinite loss is detected at the end of its epoch (that single host read). ``fit`` then
 restores the parameters, their optimiser slots (momentum, ...), the buffers, the layers' random states (dropout
-masks) and the optimiser's step count to their values at the start of that epoch, the last state known to be finite, and raises `DivergenceError`
-naming the epoch and the first non-finite batch (``error.epoch`` and ``error.batch``, counted from 1).
+mask generators, so a retry of the epoch draws the same masks) and the optimiser's step count to their values at
+the start of that epoch, the last state known to be finite, and raises `DivergenceError` naming the epoch and the
+first non-finite batch (``error.epoch`` and ``error.batch``, counted from 1).
 """
 
 from __future__ import annotations
