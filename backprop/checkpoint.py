@@ -11,14 +11,21 @@ File layout (every integer little-endian)::
     offset 12  uint64    length J of the JSON section
     offset 20  uint32    CRC-32 of the JSON section
     offset 24  J bytes   JSON (UTF-8): format version, architecture (``model.config()``), dtype, seed,
-                         optimiser type and hyper-parameters, user metadata, and the tensor table:
+                         the layers' host random states (optional), optimiser type and hyper-parameters,
+                         user metadata, and the tensor table:
                          name, role, dtype (explicit byte order, e.g. "<f4"), shape, offset, length, CRC-32
     24 + J     payload   raw tensor bytes, back to back, at the offsets the table gives
 
 Tensors are host copies: parameters (``"0.weight"``), buffers (``model.named_buffers()``) and, when an optimiser
 is saved, its per-parameter slots, which live in ``parameter.state`` (``"0.weight/state/momentum"``). Layer types
 are resolved by name through ``backprop.layers.LAYERS`` and optimisers through ``backprop.optim``; no pickle, no
-``eval``: a file can only name classes that are already registered. Every failure to read raises
+``eval``: a file can only name classes that are already registered.
+
+Random state: ``document["model"]["random_states"]`` maps a layer's index (a string, JSON's only key type) to its
+``layer.random_state()`` (`Dropout`'s NumPy bit-generator state, whose 128-bit integers JSON keeps exact), for the
+layers that draw random numbers, so a run resumed from the file draws the same dropout masks as one never
+interrupted. The field is optional: a file without it (written before it existed) loads with the layers' generators
+as the model's seed makes them. Every failure to read raises
 `CheckpointError` naming the problem (truncation, a flipped byte, a wrong magic or version, an unknown layer, a
 checkpoint that does not fit the model).
 
@@ -95,7 +102,7 @@ def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, 
         "format": "backprop-checkpoint",
         "format_version": FORMAT_VERSION,
         "model": {"class": type(model).__name__, "config": model.config(), "dtype": model.dtype,
-                  "seed": model.seed, "saved_on": model.device},
+                  "seed": model.seed, "saved_on": model.device, "random_states": _random_states(model)},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": dict(extra or {}),
         "tensors": table,
@@ -130,6 +137,12 @@ def export_safetensors(model: Any, path: PathLike, metadata: Mapping[str, str] |
     encoded = json.dumps(header).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
     return _atomic_write(path, [struct.pack("<Q", len(encoded)), encoded, *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
+
+
+def _random_states(model: Any) -> dict[str, dict]:
+    """``{layer index: layer.random_state()}`` for the layers that have one."""
+    states = {str(index): layer.random_state() for index, layer in enumerate(model.layers)}
+    return {index: state for index, state in states.items() if state is not None}
 
 
 def _check_optimizer_owns(model: Any, optimizer: Any) -> None:
@@ -209,7 +222,8 @@ def load_checkpoint(path: PathLike, device: "str | Backend | None" = None, dtype
 
 
 def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
-    """Copy a checkpoint's parameters and buffers into ``model`` (and its optimiser state into ``optimizer``).
+    """Copy a checkpoint's parameters, buffers and layers' random states into ``model`` (and its optimiser state
+    into ``optimizer``).
 
     The file must fit: same layer types, same tensor names and shapes; otherwise `CheckpointError` names the
     difference and nothing is changed. Returns the checkpoint's ``extra`` metadata.
@@ -223,6 +237,7 @@ def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
     if optimizer is not None:
         _check_optimizer_owns(model, optimizer)
         _check_optimizer_type(document, type(optimizer).__name__, path)
+    _restore_random_states(model, document, path)
     model.load_state_dict({name: host for name, (role, host) in tensors.items() if role in ("parameter", "buffer")})
     if optimizer is not None:
         _restore_slots(model, tensors)
@@ -245,6 +260,7 @@ def _restore(
     except ShapeError as error:
         raise CheckpointError(f"{path}: the saved layers do not chain: {error}") from None
     _check_fit(model, tensors, path)
+    _restore_random_states(model, document, path)
     model.load_state_dict({name: host for name, (role, host) in tensors.items() if role in ("parameter", "buffer")})
     optimizer = None
     if with_optimizer and document["optimizer"] is not None:
@@ -318,6 +334,25 @@ def _restore_slots(model: Any, tensors: dict) -> None:
         parameter = parameters[owner]
         dtype = model._dtype if host.dtype.kind == "f" else None
         parameter.state[slot] = model.backend.to_device(host, dtype)
+
+
+def _restore_random_states(model: Any, document: dict, path: PathLike) -> None:
+    """Give each layer its saved random state; on any misfit raise `CheckpointError` with every layer unchanged."""
+    saved = document["model"].get("random_states", {})
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: the layers' random states are {saved!r}, not a {{layer index: state}} object")
+    layers = {str(index): layer for index, layer in enumerate(model.layers)}
+    previous = [(layer, layer.random_state()) for layer in model.layers]
+    try:
+        for key, state in saved.items():
+            if key not in layers:
+                raise ValueError(f"the model has no layer {key!r}, its layers are 0 to {len(layers) - 1}")
+            layers[key].set_random_state(state)
+    except ValueError as error:
+        for layer, state in previous:
+            if state is not None:
+                layer.set_random_state(state)
+        raise CheckpointError(f"{path}: the random state saved for layer {key} does not fit: {error}") from None
 
 
 def _check_fit(model: Any, tensors: dict, path: PathLike) -> None:

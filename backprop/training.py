@@ -15,7 +15,8 @@ Resuming: ``fit(..., epochs=E, initial_epoch=k)`` runs epochs k, ..., E - 1 (``e
 Keras), after drawing and discarding the permutations of epochs 0, ..., k - 1. With the same ``seed``, a run
 interrupted after epoch k - 1 and resumed from a checkpoint of that epoch (`backprop.load_checkpoint`, which
 restores the optimiser too) sees the same batches as an uninterrupted run and ends with the same parameters.
-(`Dropout`'s mask generator is not saved in checkpoints, so a model with dropout draws other masks on resuming.)
+Checkpoints also hold the layers' host random states (`Dropout`'s mask generator), so a model with dropout draws
+the same masks on resuming as it would have drawn without the interruption.
 
 Device discipline: host data are checked (shapes, NaN/inf) and copied to the device once per ``fit``; per epoch
 the only transfer is the permutation (n integers) and the only host read is one array holding the epoch's batch
@@ -23,9 +24,10 @@ losses and metrics. Batch
 losses stay on the device, so the loop never waits for the device per batch.
 
 Divergence: a NaN or infinite loss is detected at the end of its epoch (that single host read). ``fit`` then
-restores the parameters, their optimiser slots (momentum, ...), the buffers and the optimiser's step count to
-their values at the start of that epoch, the last state known to be finite, and raises `DivergenceError`
-naming the epoch and the first non-finite batch (``error.epoch`` and ``error.batch``, counted from 1).
+restores the parameters, their optimiser slots (momentum, ...), the buffers, the layers' random states (dropout
+mask generators, so a retry of the epoch draws the same masks) and the optimiser's step count to their values at
+the start of that epoch, the last state known to be finite, and raises `DivergenceError` naming the epoch and the
+first non-finite batch (``error.epoch`` and ``error.batch``, counted from 1).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class History:
 
 
 class _Snapshot:
-    """Device copies of every parameter with its optimiser slots and every buffer, and the optimiser's scalars."""
+    """Device copies of every parameter with its optimiser slots and every buffer, the layers' host random states
+    and the optimiser's scalars."""
 
     def __init__(self, model: Any, optimizer: Optimizer) -> None:
         xp = model.backend.xp
@@ -79,6 +82,7 @@ class _Snapshot:
             ]
             self.buffers = [(layer, {k: xp.asarray(v, copy=True) for k, v in layer.buffers.items()})
                             for layer in model.layers if layer.buffers]
+        self.random_states = [(layer, layer.random_state()) for layer in model.layers]
         self.optimizer, self.optimizer_state = optimizer, optimizer.state_dict()
 
     def restore(self) -> None:
@@ -87,6 +91,9 @@ class _Snapshot:
             parameter.zero_grad()
         for layer, buffers in self.buffers:
             layer.buffers = buffers
+        for layer, state in self.random_states:
+            if state is not None:
+                layer.set_random_state(state)
         self.optimizer.load_state_dict(self.optimizer_state)
 
 

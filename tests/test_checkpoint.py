@@ -297,6 +297,85 @@ def test_a_checkpoint_that_does_not_fit_names_the_tensor_and_both_shapes(saved):
         bp.load_into(bp.Sequential(bp.Dense(3, 4, bias=False), bp.Tanh(), bp.Dense(4, 2), dtype="float64"), saved)
 
 
+# -- layers' random state (Dropout's mask generator) ------------------------------------------------------------
+def make_dropout_model(device="cpu", seed=0):
+    return bp.Sequential(bp.Dense(3, 4), bp.Dropout(0.5), bp.Dense(4, 2), device=device, dtype="float64", seed=seed)
+
+
+@pytest.mark.parametrize("source, target", [("cpu", "array_api_strict:device1"), ("array_api_strict:device1", "cpu")])
+def test_the_dropout_generator_round_trips_and_draws_the_same_next_mask(source, target, tmp_path):
+    model = make_dropout_model(source)
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, optimizer, 3)
+    state = model.layers[1].random_state()
+    assert state["bit_generator"] == "PCG64" and max(state["state"].values()) >= 2**64  # JSON must keep 128 bits
+    assert state != make_dropout_model().layers[1].random_state(), "training drew masks"
+    path = bp.save(model, tmp_path / "m.bpk", optimizer)
+    assert json.loads(path.read_bytes()[24:24 + struct.unpack_from("<Q", path.read_bytes(), 12)[0]])[
+        "model"]["random_states"] == {"1": state}
+
+    into = make_dropout_model(target, seed=5)
+    bp.load_into(into, path)
+    restored = [bp.load(path, device=target), bp.load_checkpoint(path, device=target).model, into]
+    for loaded in restored:
+        assert loaded.layers[1].random_state() == state
+    outputs = [bp.to_numpy(loaded.forward(X, training=True)[0]) for loaded in restored]
+    expected = bp.to_numpy(model.forward(X, training=True)[0])
+    assert 0 < np.count_nonzero(model.layers[1].last_mask) < model.layers[1].last_mask.size
+    for loaded, output in zip(restored, outputs):
+        np.testing.assert_array_equal(loaded.layers[1].last_mask, model.layers[1].last_mask)
+        np.testing.assert_array_equal(output, expected)
+
+
+def test_a_checkpoint_without_random_states_still_loads(tmp_path):
+    """Files written before the field existed: the generator is where the model's seed puts it."""
+    model = make_dropout_model()
+    train(model, bp.optim.SGD(model.parameters(), lr=0.1), 2)
+    path = bp.save(model, tmp_path / "m.bpk")
+    rewrite_header(path, lambda document: document["model"].pop("random_states"))
+    loaded = bp.load(path)
+    assert_identical(loaded.state_dict(), model.state_dict())
+    assert loaded.layers[1].random_state() == make_dropout_model().layers[1].random_state()
+
+
+def _another_valid_state() -> dict:
+    return np.random.default_rng(99).bit_generator.state
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda states: states["1"].update(bit_generator="MT19937"), r"layer 1 does not fit: .*PCG64.*ValueError"),
+    (lambda states: states["1"].pop("state"), r"layer 1 does not fit: .*KeyError: 'state'"),
+    (lambda states: states["1"]["state"].update(state=-1), r"layer 1 does not fit: .*OverflowError"),
+    (lambda states: states["1"]["state"].update(inc="0x1"), r"layer 1 does not fit: .*TypeError"),
+    (lambda states: states["1"]["state"].update(state=1.5), r"layer 1 does not fit: .*not a valid PCG64 state"),
+    (lambda states: states.update({"1": None}), r"layer 1 does not fit: .*TypeError: state must be a dict"),
+    (lambda states: states.update({"1": _another_valid_state(), "0": states["1"]}),
+     r"layer 0 does not fit: Dense draws no random numbers"),
+    (lambda states: states.update({"7": states["1"]}), r"layer 7 does not fit: the model has no layer '7'"),
+    (lambda states: states.update({"01": states["1"]}), r"layer 01 does not fit: the model has no layer '01'"),
+])
+def test_a_corrupted_random_state_is_refused_and_changes_nothing(change, message, tmp_path):
+    model = make_dropout_model()
+    train(model, bp.optim.SGD(model.parameters(), lr=0.1), 2)
+    path = bp.save(model, tmp_path / "m.bpk")
+    rewrite_header(path, lambda document: change(document["model"]["random_states"]))
+    with pytest.raises(CheckpointError, match=message):
+        bp.load(path)
+    target = make_dropout_model(seed=5)
+    before, before_state = target.state_dict(), target.layers[1].random_state()
+    with pytest.raises(CheckpointError, match=message):
+        bp.load_into(target, path)
+    assert_identical(target.state_dict(), before)
+    assert target.layers[1].random_state() == before_state  # a state applied before the bad one is rolled back
+
+
+def test_random_states_that_are_not_an_object_are_refused(tmp_path):
+    path = bp.save(make_dropout_model(), tmp_path / "m.bpk")
+    rewrite_header(path, lambda document: document["model"].update(random_states=[None, {}, None]))
+    with pytest.raises(CheckpointError, match=r"random states are \[None, \{\}, None\], not a \{layer index: state\}"):
+        bp.load_checkpoint(path)
+
+
 # -- atomic writes ----------------------------------------------------------------------------------------------
 def test_a_crash_mid_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch):
     previous = bp.load(saved).state_dict()

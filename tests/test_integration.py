@@ -1,7 +1,9 @@
 """Integration: ``fit`` together with checkpoints, callbacks, penalties and the normalisation layers.
 
-- an interrupted fit resumed from its checkpoint (``initial_epoch``) ends bit-identical to an uninterrupted one;
-- a diverging fit raises `DivergenceError`, leaves its last checkpoint intact and the model at that state;
+- an interrupted fit resumed from its checkpoint (``initial_epoch``) ends bit-identical to an uninterrupted one,
+  dropout masks included (the checkpoint holds the mask generator's state);
+- a diverging fit raises `DivergenceError`, leaves its last checkpoint intact and the model at that state, dropout
+  generator included;
 - EarlyStopping(restore_best) and ModelCheckpoint(save_best_only) agree on the best model;
 - BatchNorm1d + Dropout train identically on NumPy and array_api_strict, and checkpoints keep running statistics;
 - ``fit(penalty=...)`` equals a hand-written loop with the penalty;
@@ -59,10 +61,13 @@ def _assert_identical(actual: dict, expected: dict) -> None:
 def test_fit_interrupted_and_resumed_from_checkpoint_ends_bit_identical(tmp_path, spec, optimiser):
     x, y = _regression()
 
+    def build():
+        return bp.Sequential(bp.Dense(3, 8), bp.BatchNorm1d(8), bp.Tanh(), bp.Dropout(0.25), bp.Dense(8, 1),
+                             device=spec, dtype="float64", seed=0)
+
     def run(callbacks, model=None, optimizer=None, initial_epoch=0):
         if model is None:
-            model = bp.Sequential(bp.Dense(3, 8), bp.BatchNorm1d(8), bp.Tanh(), bp.Dense(8, 1),
-                                  device=spec, dtype="float64", seed=0)
+            model = build()
             optimizer = OPTIMISERS[optimiser](model.parameters())
         callbacks = [callback(model, optimizer) if callable(callback) else callback for callback in callbacks]
         history = model.fit(x, y, bp.losses.MeanSquaredError(), optimizer, epochs=6, batch_size=8, shuffle=True,
@@ -91,6 +96,14 @@ def test_fit_interrupted_and_resumed_from_checkpoint_ends_bit_identical(tmp_path
     elsewhere = again.model.fit(x, y, bp.losses.MeanSquaredError(), again.optimizer, epochs=3, batch_size=8,
                                 seed=7, verbose=0)
     assert elsewhere.history["loss"] != whole_history.history["loss"][3:]
+
+    # With the dropout generator where a fresh model has it (what a checkpoint without random states would give),
+    # the resumed run draws other masks and ends elsewhere: the saved generator state is what makes it identical.
+    again = bp.load_checkpoint(path, device=spec)
+    assert again.model.layers[3].random_state() != build().layers[3].random_state()
+    again.model.layers[3].set_random_state(build().layers[3].random_state())
+    other_masks = run([], again.model, again.optimizer, initial_epoch=3)[2]
+    assert other_masks.history["loss"] != whole_history.history["loss"][3:]
 
 
 def test_initial_epoch_is_checked():
@@ -130,6 +143,38 @@ def test_divergence_keeps_the_last_checkpoint_and_restores_its_state(tmp_path, s
     _assert_identical(_slots(model), _slots(saved.model))
     assert optimizer.state_dict() == saved.optimizer.state_dict()
     assert all(np.all(np.isfinite(value)) for value in model.state_dict().values())
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("spec", RESUME_SPECS)
+def test_divergence_restores_the_dropout_generator_so_a_retry_is_reproducible(tmp_path, spec):
+    rng = np.random.default_rng(0)
+    x = 10.0 * rng.normal(size=(32, 4))
+    y = x @ rng.normal(size=(4, 1))
+
+    model = bp.Sequential(bp.Dense(4, 8), bp.Dropout(0.5), bp.Dense(8, 1), device=spec, dtype="float64", seed=0)
+    optimizer = bp.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+
+    def diverge(callbacks=(), initial_epoch=0):
+        with pytest.raises(bp.errors.DivergenceError) as caught:
+            model.fit(x, y, bp.losses.MeanSquaredError(), optimizer, epochs=40, batch_size=8, seed=1,
+                      callbacks=callbacks, initial_epoch=initial_epoch, verbose=0)
+        return caught.value
+
+    path = tmp_path / "last.bpk"
+    error = diverge([bp.ModelCheckpoint(path, optimizer=optimizer)])
+    assert error.epoch >= 2, "the run must have written at least one good checkpoint first"
+    saved = bp.load_checkpoint(path, device=spec)  # the state at the end of the epoch before the bad one
+    assert model.layers[1].random_state() == saved.model.layers[1].random_state()
+    _assert_identical(model.state_dict(), saved.model.state_dict())
+    # A retry of the bad epoch from the restored state draws the same masks and fails the same way, at the same
+    # batch, ending restored to the same state again.
+    retry = diverge(initial_epoch=error.epoch - 1)
+    assert (retry.epoch, retry.batch, str(retry)) == (error.epoch, error.batch, str(error))
+    assert model.layers[1].random_state() == saved.model.layers[1].random_state()
+    _assert_identical(model.state_dict(), saved.model.state_dict())
+    assert optimizer.state_dict() == saved.optimizer.state_dict()
 
 
 # -- 3. EarlyStopping + ModelCheckpoint(save_best_only) ----------------------------------------------------------

@@ -7,6 +7,8 @@ says it does not need it: the first layer of a network skips one matrix product 
 A layer is built once by its model: ``build(in_features, backend, dtype, rng)`` creates its parameters on the
 backend from host draws of ``rng`` and returns its output width. ``config()`` describes the layer as plain data
 (its class name and constructor arguments), which is how checkpoints rebuild a model without code.
+A layer that draws random numbers on the host (`Dropout`) exposes its generator's state as JSON data through
+``random_state()`` / ``set_random_state(state)``, so checkpoints and ``fit``'s divergence restore keep it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ class Layer:
         """Context in which repeated training forwards reuse the same random draws (e.g. dropout masks), so
         a gradient check sees a deterministic function. Layers that draw nothing return a null context."""
         return contextlib.nullcontext()
+
+    def random_state(self) -> dict | None:
+        """The state of the layer's host random generator as JSON data (a NumPy ``bit_generator.state``), or
+        ``None`` for a layer that draws nothing. Checkpoints save it, so a resumed run draws what an
+        uninterrupted one would."""
+        return None
+
+    def set_random_state(self, state: dict) -> None:
+        """Restore a state returned by ``random_state()``; raise ``ValueError`` naming the problem if it does not
+        fit this layer (and then change nothing)."""
+        raise ValueError(f"{type(self).__name__} draws no random numbers, so it has no random state to restore")
 
     # -- describing -----------------------------------------------------------------------------------------
     def config(self) -> dict:

@@ -24,6 +24,10 @@ class Dropout(Layer):
     ``with layer.fixed_randomness():`` makes every training forward inside reuse one mask (the first one
     drawn inside); `bp.gradcheck` uses it to see a deterministic function. ``last_mask`` is the last
     mask drawn, as a host array of 0 and 1/(1 - p).
+
+    ``random_state()`` is the generator's ``bit_generator.state`` (a JSON-able dict; PCG64's two 128-bit integers
+    included) and ``set_random_state(state)`` restores it: checkpoints save it and ``fit`` restores it on
+    divergence, so a run resumed from a checkpoint draws the same masks as an uninterrupted run.
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
@@ -51,6 +55,26 @@ class Dropout(Layer):
             yield self
         finally:
             self._fixed = False
+
+    def random_state(self) -> dict | None:
+        return None if self._generator is None else self._generator.bit_generator.state
+
+    def set_random_state(self, state: dict) -> None:
+        if self._generator is None:
+            raise ValueError("Dropout has no generator before it is built; put it in a Sequential first")
+        bit_generator = self._generator.bit_generator
+        trial = type(bit_generator)()
+        try:
+            trial.state = state
+        except (TypeError, ValueError, KeyError, OverflowError) as error:
+            raise ValueError(
+                f"Dropout's {type(bit_generator).__name__} generator cannot take the random state {state!r}: "
+                f"{type(error).__name__}: {error}"
+            ) from None
+        if trial.state != state:  # NumPy silently truncates some wrong values (floats, out-of-range flags)
+            raise ValueError(f"the random state {state!r} is not a valid {type(bit_generator).__name__} state: "
+                             f"it reads back as {trial.state!r}")
+        bit_generator.state = state
 
     def _draw_mask(self, shape: tuple) -> np.ndarray:
         if self._fixed and self.last_mask is not None:
