@@ -114,9 +114,10 @@ def test_gradient_descent_runs_as_a_script(tmp_path):
     assert "from 0, lr 0.1:" in completed.stdout and "within 1e-3 of -2 from step 35" in completed.stdout
 
 
-def test_digits_accuracy_above_090_next_to_scikit_learn(capsys):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_digits_accuracy_above_090_next_to_scikit_learn(capsys, optimizer):
     pytest.importorskip("sklearn", reason="digits.py needs scikit-learn (pip install 'backprop-arrays[examples]')")
-    result = load("digits").main(["--epochs", "5"])
+    result = load("digits").main(["--epochs", "5", "--optimizer", optimizer])
     output = capsys.readouterr().out
     ours, theirs = result["backprop"], result["scikit-learn"]
     assert ours["accuracy"] > 0.9 and theirs["accuracy"] > 0.9
