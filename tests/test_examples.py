@@ -125,3 +125,16 @@ def test_digits_accuracy_above_090_next_to_scikit_learn(capsys, optimizer):
     assert ours["loss"][-1] < ours["loss"][0] and math.isfinite(ours["seconds"])
     assert "backprop (cpu): test accuracy" in output and "scikit-learn MLPClassifier: test accuracy" in output
     assert_plot("digits.png", output)
+
+
+@pytest.mark.parametrize("name, argv, key", [
+    ("worked_example", ["--epochs", "30"], "final_output"),
+    ("xor", ["--epochs", "300"], "final_loss"),
+    ("teacher_student", ["--epochs", "2"], "r_squared"),
+])
+def test_examples_run_on_another_device_with_the_same_results(capsys, name, argv, key):
+    """The scripts run unchanged on array_api_strict's second device and reproduce the CPU run's numbers."""
+    module = load(name)
+    on_cpu = module.main(argv)
+    on_device1 = module.main(argv + ["--device", "array_api_strict:device1"])
+    assert on_device1[key] == pytest.approx(on_cpu[key], rel=1e-6)
