@@ -60,6 +60,23 @@ def check_weight_decay(weight_decay: Any) -> float:
     return float(weight_decay)
 
 
+def saved_count(value: Any, owner: str, name: str) -> int:
+    """A step count read back from a state dict: an int >= 0, else `CheckpointError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"{owner} has {name}={value!r}; expected an integer >= 0")
+    return value
+
+
+def check_saved_hyperparameters(state: dict, owner: Any, kind: str) -> None:
+    """`CheckpointError` unless ``state`` holds exactly ``owner.hyperparameters()``'s names."""
+    expected = set(owner.hyperparameters())
+    if set(state) != expected:
+        raise CheckpointError(
+            f"{kind} state does not fit {type(owner).__name__}: missing {sorted(expected - set(state))}, "
+            f"unexpected {sorted(set(state) - expected)}"
+        )
+
+
 class Optimizer:
     """Base class: ``step()`` calls ``update(parameter, step)`` for every parameter that has a gradient.
 
@@ -131,9 +148,7 @@ class Optimizer:
         kind = state.pop("type", None)
         if kind != type(self).__name__:
             raise CheckpointError(f"this optimiser state belongs to {kind!r}, not to {type(self).__name__}")
-        steps = state.pop("steps", None)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise CheckpointError(f"optimiser state has steps={steps!r}; expected an integer >= 0")
+        steps = saved_count(state.pop("steps", None), "optimiser state", "steps")
         parameter_steps = state.pop("parameter_steps", [steps] * len(self.params))
         if (
             not isinstance(parameter_steps, (list, tuple))
@@ -144,12 +159,7 @@ class Optimizer:
                 f"optimiser state has parameter_steps={parameter_steps!r}; expected {len(self.params)} integers "
                 f"in [0, {steps}], one per parameter"
             )
-        expected = set(self.hyperparameters())
-        if set(state) != expected:
-            raise CheckpointError(
-                f"optimiser state does not fit {type(self).__name__}: missing {sorted(expected - set(state))}, "
-                f"unexpected {sorted(set(state) - expected)}"
-            )
+        check_saved_hyperparameters(state, self, "optimiser")
         self.set_hyperparameters(**state)
         self.steps = steps
         self.parameter_steps = list(parameter_steps)

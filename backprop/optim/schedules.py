@@ -23,7 +23,7 @@ from typing import Any
 
 from backprop.callbacks import Callback
 from backprop.errors import CheckpointError, ConfigurationError
-from backprop.optim.base import Optimizer, check_learning_rate, is_real
+from backprop.optim.base import Optimizer, check_learning_rate, check_saved_hyperparameters, is_real, saved_count
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -74,16 +74,9 @@ class Schedule(Callback):
         state = dict(state)
         if state.pop("type", None) != type(self).__name__:
             raise CheckpointError(f"this schedule state is not for {type(self).__name__}: {state!r}")
-        last_step = state.pop("last_step", None)
-        if isinstance(last_step, bool) or not isinstance(last_step, int) or last_step < 0:
-            raise CheckpointError(f"schedule state has last_step={last_step!r}; expected an integer >= 0")
+        last_step = saved_count(state.pop("last_step", None), "schedule state", "last_step")
         self.base_lr = check_learning_rate(state.pop("base_lr", None))
-        expected = set(self.hyperparameters())
-        if set(state) != expected:
-            raise CheckpointError(
-                f"schedule state does not fit {type(self).__name__}: missing {sorted(expected - set(state))}, "
-                f"unexpected {sorted(set(state) - expected)}"
-            )
+        check_saved_hyperparameters(state, self, "schedule")
         self.set_hyperparameters(**state)
         self.last_step = last_step
         self.optimizer.lr = self.lr_at(last_step)
