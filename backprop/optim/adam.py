@@ -66,14 +66,18 @@ class Adam(Optimizer):
         parameter.state["exp_avg"] = first
         second = self.slot(parameter, "exp_avg_sq", step)
         second *= beta2
-        second += (1.0 - beta2) * (gradient * gradient)
+        squared = gradient * gradient
+        squared *= 1.0 - beta2  # the temporaries below are new arrays: scaling them in place saves allocations
+        second += squared
         parameter.state["exp_avg_sq"] = second
         if self.amsgrad:
             second = parameter.state["max_exp_avg_sq"] = xp.maximum(self.slot(parameter, "max_exp_avg_sq", step), second)
-        step_size = self.lr / (1.0 - beta1**step)
-        denominator = xp.sqrt(second) / math.sqrt(1.0 - beta2**step)
+        denominator = xp.sqrt(second)
+        denominator /= math.sqrt(1.0 - beta2**step)
         denominator += self.eps
-        parameter.value -= step_size * (first / denominator)
+        change = first / denominator
+        change *= self.lr / (1.0 - beta1**step)
+        parameter.value -= change
 
     def hyperparameters(self) -> dict:
         return {
