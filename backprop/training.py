@@ -71,19 +71,32 @@ class History:
 
 class _Snapshot:
     """Device copies of every parameter with its optimiser slots and every buffer, the layers' host random states
-    and the optimiser's scalars."""
+    and the optimiser's scalars. ``take()`` copies the current state; from the second call on it writes into the
+    arrays of the previous copy where their shape, dtype and device still fit, so an epoch allocates none."""
 
     def __init__(self, model: Any, optimizer: Optimizer) -> None:
-        xp = model.backend.xp
-        with model.backend.activate():
-            self.parameters = [
-                (p, xp.asarray(p.value, copy=True), {k: xp.asarray(v, copy=True) for k, v in p.state.items()})
-                for p in model.parameters()
-            ]
-            self.buffers = [(layer, {k: xp.asarray(v, copy=True) for k, v in layer.buffers.items()})
+        self.model, self.optimizer = model, optimizer
+        self.parameters: list = []
+        self.buffers: list = []
+
+    def take(self) -> "_Snapshot":
+        model = self.model
+        backend = model.backend
+        previous = {id(p): (value, state) for p, value, state in self.parameters}
+        previous_buffers = {id(layer): buffers for layer, buffers in self.buffers}
+        with backend.activate():
+            parameters = []
+            for p in model.parameters():
+                value, state = previous.get(id(p), (None, {}))
+                parameters.append((p, _copy(backend, p.value, value),
+                                   {k: _copy(backend, v, state.get(k)) for k, v in p.state.items()}))
+            self.parameters = parameters
+            self.buffers = [(layer, {k: _copy(backend, v, previous_buffers.get(id(layer), {}).get(k))
+                                     for k, v in layer.buffers.items()})
                             for layer in model.layers if layer.buffers]
         self.random_states = [(layer, layer.random_state()) for layer in model.layers]
-        self.optimizer, self.optimizer_state = optimizer, optimizer.state_dict()
+        self.optimizer_state = self.optimizer.state_dict()
+        return self
 
     def restore(self) -> None:
         for parameter, value, state in self.parameters:
@@ -95,6 +108,16 @@ class _Snapshot:
             if state is not None:
                 layer.set_random_state(state)
         self.optimizer.load_state_dict(self.optimizer_state)
+
+
+def _copy(backend: Any, source: Any, previous: Any) -> Any:
+    """A copy of ``source``: written into ``previous`` (an array only the snapshot holds) where it has the same
+    shape and dtype on the same backend, else a new array."""
+    if previous is not None and backend.owns(previous) and previous.shape == source.shape \
+            and previous.dtype == source.dtype:
+        previous[...] = source
+        return previous
+    return backend.xp.asarray(source, copy=True)
 
 
 class _Progress:
@@ -171,8 +194,10 @@ def _read(model: Any, series: dict[str, list]) -> dict[str, list[float]]:
     xp, dtype = model.backend.xp, model._dtype
     values = [value if value.dtype == dtype else xp.astype(value, dtype) for items in series.values() for value in items]
     with model.backend.activate():
-        stacked = xp.stack(values) if len(values) > 1 else xp.reshape(values[0], (1,))
-    host = model.backend.to_numpy(stacked).tolist()
+        if len(values) == 1:  # a full-batch epoch without metrics: one number, read without stacking
+            host = [float(values[0])]
+        else:
+            host = model.backend.to_numpy(xp.stack(values)).tolist()
     result, start = {}, 0
     for name, items in series.items():
         result[name], start = host[start:start + len(items)], start + len(items)
@@ -275,6 +300,7 @@ def fit(
     for callback in callbacks:
         callback.on_train_begin(model)
     progress = _Progress(epochs, verbose, initial_epoch)
+    snapshot = _Snapshot(model, optimizer)
     shuffling = shuffle and len(bounds) > 1
     for _ in range(initial_epoch if shuffling else 0):  # the orders the resumed epochs' predecessors saw
         rng.permutation(samples)
@@ -282,7 +308,7 @@ def fit(
         for epoch in range(initial_epoch, epochs):
             for callback in callbacks:
                 callback.on_epoch_begin(epoch)
-            snapshot = _Snapshot(model, optimizer)
+            snapshot.take()
             epoch_inputs, epoch_targets = inputs, targets
             if shuffling:
                 order = backend.to_device(rng.permutation(samples), None)
