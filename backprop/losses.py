@@ -72,11 +72,18 @@ def _host_weights(weights: Any, label: str, ndim: tuple[int, ...]) -> np.ndarray
     return host
 
 
-def _weights_like(host: np.ndarray, like: Any, label: str, classes: int) -> Any:
-    """``host`` weights on the device and in the dtype of ``like``, checked to fit its ``classes`` columns."""
+def _weights_like(host: np.ndarray, like: Any, label: str, classes: int, copies: dict) -> Any:
+    """``host`` weights on the device and in the dtype of ``like``, checked to fit its ``classes`` columns.
+
+    ``copies`` caches one device copy per (array type, dtype, device), so a training loop copies the weights
+    to the device once, not once per batch."""
     if host.ndim == 1 and host.shape[0] != classes:
         raise ShapeError(f"{label} has {host.shape[0]} entries but the prediction has {classes} columns")
-    return _namespace(like).asarray(host, dtype=like.dtype, device=_device_of(like), copy=True)
+    device = _device_of(like)
+    key = (type(like), str(like.dtype), str(device))
+    if key not in copies:
+        copies[key] = _namespace(like).asarray(host, dtype=like.dtype, device=device, copy=True)
+    return copies[key]
 
 
 def _log_floored(xp: Any, p: Any) -> Any:
@@ -136,13 +143,15 @@ class BinaryCrossEntropy(Loss):
         self.from_logits = bool(from_logits)
         self.reduction = _check_reduction(reduction)
         self.pos_weight = _host_weights(pos_weight, "BinaryCrossEntropy pos_weight", (0, 1))
+        self._device_weights: dict = {}
 
     def value_and_grad(self, prediction, target):
         xp = _namespace(prediction)
         if self.pos_weight is None:
             w = c = 1.0
         else:
-            w = _weights_like(self.pos_weight, prediction, "BinaryCrossEntropy pos_weight", prediction.shape[-1])
+            w = _weights_like(self.pos_weight, prediction, "BinaryCrossEntropy pos_weight", prediction.shape[-1],
+                              self._device_weights)
             c = 1.0 + (w - 1.0) * target
         if self.from_logits:
             z = prediction
@@ -185,6 +194,7 @@ class CrossEntropy(Loss):
         self.from_logits = bool(from_logits)
         self.reduction = _check_reduction(reduction)
         self.weight = _host_weights(weight, "CrossEntropy weight", (1,))
+        self._device_weights: dict = {}
 
     def prepare_target(self, target, backend, dtype, output_shape):
         if _prepared(target, backend, dtype, output_shape):  # rows of probabilities already in place
@@ -219,7 +229,8 @@ class CrossEntropy(Loss):
         n = prediction.shape[0]
         scale = 1.0 / n if self.reduction == "mean" else 1.0
         if self.weight is not None:
-            target = target * _weights_like(self.weight, prediction, "CrossEntropy weight", prediction.shape[-1])
+            target = target * _weights_like(self.weight, prediction, "CrossEntropy weight", prediction.shape[-1],
+                                            self._device_weights)
             if self.reduction == "mean":  # a batch whose targets all weigh 0 contributes 0, not 0/0
                 scale = 1.0 / xp.maximum(xp.sum(target), xp.finfo(prediction.dtype).smallest_normal)
         if self.from_logits:

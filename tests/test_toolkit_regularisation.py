@@ -178,3 +178,16 @@ def test_weighted_losses_on_every_backend_agree_with_numpy(backend):
         assert value == pytest.approx(value_ref, rel=1e-5)
         for name in grads_ref:
             np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-4, atol=1e-6)
+
+
+def test_class_weights_are_copied_to_the_device_once(monkeypatch):
+    """fit batches reuse one device copy of the weights instead of a host-to-device copy per batch."""
+    x, _ = _data()
+    loss = bp.losses.CrossEntropy(weight=CLASS_WEIGHTS)
+    model = bp.Sequential(bp.Dense(4, 3), device="array_api_strict:device1", seed=5)
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1)
+    model.fit(x, np.array([0, 2, 1, 2, 2, 0]), loss, optimizer, epochs=3, batch_size=2, verbose=0)
+    assert len(loss._device_weights) == 1
+    (copy,) = loss._device_weights.values()
+    assert model.backend.owns(copy)
+    np.testing.assert_array_equal(bp.to_numpy(copy), CLASS_WEIGHTS.astype(np.float32))
