@@ -6,7 +6,9 @@
     python -m benchmarks.run --workloads xor small --repeats 21
 
 Each workload's candidates run in alternating rounds (ours, floor, PyTorch, ours on the torch backend, then
-again), so that slow drifts, and BLAS threads still spinning after the previous product, hit all of them alike.
+again), so that slow drifts hit all of them alike; the order rotates from round to round, because threads still
+spinning after the previous candidate's products (OpenBLAS's, and PyTorch's OpenMP threads for longer) slow
+whatever runs next, and a fixed order would always hand that cost to the same candidate.
 A round times ``inner`` back-to-back steps (synchronising the device before each clock read) and records the
 mean step time. We report the median round and the fastest round of each candidate; the ratios use the fastest
 rounds (the least disturbed measurement of each), with the ratios of medians beside them in the JSON.
@@ -176,9 +178,11 @@ def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int,
     syncs = {name: synchronizer(library, on) for name, (_, library, on) in built.items()}
     inner = {name: calibrate(step, syncs[name], round_seconds) for name, (step, _, _) in built.items()}
     times: dict[str, list[float]] = {name: [] for name in built}
-    for _ in range(rounds):
-        for name, (step, _, _) in built.items():
-            times[name].append(time_round(step, syncs[name], inner[name]))
+    names = list(built)
+    for round_index in range(rounds):
+        shift = round_index % len(names)  # rotate, so that no candidate always runs right after the same one
+        for name in names[shift:] + names[:shift]:
+            times[name].append(time_round(built[name][0], syncs[name], inner[name]))
     result: dict[str, Any] = {"workload": workload.name, "label": workload.label, "rounds": rounds, "candidates": {}}
     for name, (step, library, on) in built.items():
         peak, method = peak_memory(step, library, on)
