@@ -48,7 +48,8 @@ def value_and_grad(model: Any, loss: Loss, x: Any, y: Any, penalty: Any = None) 
 
 
 def gradcheck(
-    model: Any, loss: Loss, x: Any, y: Any, eps: float = 1e-6, tol: float = 1e-5, floor: float = 1e-8, penalty: Any = None
+    model: Any, loss: Loss, x: Any, y: Any, eps: float = 1e-6, tol: float = 1e-5, floor: float | None = None,
+    penalty: Any = None,
 ) -> float:
     """Compare analytic gradients with central differences (f(w+eps) - f(w-eps)) / 2eps, in float64.
 
@@ -56,6 +57,11 @@ def gradcheck(
     float32 model is checked without float32 rounding noise. For each element the relative error is
     |analytic - numeric| / max(|analytic|, |numeric|, floor). Returns the largest; raises
     `GradientCheckError` naming the parameter and element where it exceeds ``tol``.
+
+    ``floor`` keeps near-zero gradients from failing on rounding noise: each loss evaluation rounds at about
+    1e-16 |L|, so a central difference carries an error of about 1e-16 |L| / eps (1e-10 |L| for eps = 1e-6),
+    and entries much smaller than that cannot be checked relatively. The default floor, 1e-4 max(|L|, 1e-8),
+    checks them in absolute terms instead, to tol * floor.
 
     Layers that draw random numbers (`Dropout`) run inside their ``fixed_randomness()``: every forward of the
     check reuses the first draw. A ``penalty`` is added to the loss, as in `loss_and_backward`.
@@ -78,7 +84,9 @@ def gradcheck(
     with contextlib.ExitStack() as fixed:
         for layer in twin.layers:
             fixed.enter_context(layer.fixed_randomness())
-        _, analytic = value_and_grad(twin, loss, x_host, y_host, penalty=penalty)
+        value, analytic = value_and_grad(twin, loss, x_host, y_host, penalty=penalty)
+        if floor is None:
+            floor = 1e-4 * max(abs(value), 1e-8)
         return _compare(twin, analytic, loss_at, eps, tol, floor)
 
 

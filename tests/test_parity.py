@@ -111,3 +111,16 @@ def test_sigmoid_is_exact_and_quiet_for_large_inputs(backend):
         y = bp.to_numpy(model.predict(x))[0]
     # exact values: 1/(1+e^40) keeps its relative precision instead of rounding to 0 or 1 - 1.
     np.testing.assert_allclose(y, [0.0, 1 / (1 + np.exp(40.0)), 0.5, 1 / (1 + np.exp(-40.0)), 1.0], rtol=1e-15)
+
+
+def test_gradcheck_default_floor_accepts_gradients_that_are_exactly_zero():
+    """A bias before BatchNorm has a gradient of exactly 0, which finite differences see as rounding noise of
+    about 1e-10 |L|: the default floor compares such entries in absolute terms instead of failing on them."""
+    rng = np.random.default_rng(4)
+    model = bp.Sequential(bp.Dense(3, 4), bp.BatchNorm1d(4), bp.Tanh(), bp.Dense(4, 2), dtype="float64", seed=2)
+    x, y = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    _, grads = bp.value_and_grad(model, bp.losses.MeanSquaredError(), x, y)
+    assert np.abs(grads["0.bias"]).max() < 1e-15
+    assert bp.gradcheck(model, bp.losses.MeanSquaredError(), x, y) < 1e-5
+    with pytest.raises(bp.errors.GradientCheckError, match="0.bias"):
+        bp.gradcheck(model, bp.losses.MeanSquaredError(), x, y, floor=1e-12)
