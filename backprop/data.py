@@ -19,6 +19,7 @@ from backprop.errors import DeviceError, DTypeError, NonFiniteError, ShapeError
 
 _HOST_TYPES = (np.ndarray, np.generic, list, tuple, int, float, bool)
 _NAMESPACES: dict[type, Any] = {}
+_CONSTANTS: dict[tuple, Any] = {}
 
 
 def namespace_of(array: Any) -> Any:
@@ -30,6 +31,35 @@ def namespace_of(array: Any) -> Any:
 
         namespace = _NAMESPACES[kind] = array_namespace(array)
     return namespace
+
+
+def constant(value: float, like: Any) -> Any:
+    """``value`` as a 0-d array with the dtype and on the device of ``like``, made once per library, dtype,
+    device and value; call it inside the device's context.
+
+    Give it to ``maximum``/``minimum`` instead of a Python scalar: array-api-compat's torch wrapper turns a
+    Python scalar there into a new tensor on the device, a blocking host-to-device copy per call
+    (``maximum = _two_arg(torch.maximum, scalar_x1=True, scalar_x2=True)`` and ``_scalar_to_tensor`` in
+    ``array_api_compat/torch/_aliases.py``, 1.16). It also replaces ``clip``, whose generic form (used for CuPy)
+    writes through boolean masks and so reads the mask's count on the host (``common/_aliases.py``)."""
+    from array_api_compat import device as device_of
+
+    device = device_of(like)
+    key = (type(like), str(like.dtype), str(device), value)
+    array = _CONSTANTS.get(key)
+    if array is None:
+        array = _CONSTANTS[key] = namespace_of(like).asarray(value, dtype=like.dtype, device=device)
+    return array
+
+
+def host_array(data: Any, what: str) -> np.ndarray:
+    """``data`` (NumPy array, list, tuple or number) as a host NumPy array; a device array raises `DeviceError`
+    (``numpy.asarray`` would fail on it with the library's own TypeError, or copy it silently)."""
+    if isinstance(data, _HOST_TYPES):
+        return np.asarray(data)
+    if hasattr(data, "__array_namespace__") or hasattr(data, "__dlpack__"):
+        raise DeviceError(f"{what} is {_describe(data)}; give host data here: bp.to_numpy({what}) copies it")
+    return np.asarray(data)
 
 
 def _describe(array: Any) -> str:
@@ -77,7 +107,11 @@ def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", inte
 def check_finite(array: Any, backend: Any, what: str = "input") -> None:
     """Raise `NonFiniteError` if ``array`` holds NaN or infinity (one reduction, one host read)."""
     xp = backend.xp
-    if xp.isdtype(array.dtype, "real floating") and not bool(xp.all(xp.isfinite(array))):
+    if not xp.isdtype(array.dtype, "real floating"):
+        return
+    with backend.activate():
+        finite = bool(xp.all(xp.isfinite(array)))
+    if not finite:
         host = backend.to_numpy(array)
         bad = int(np.count_nonzero(~np.isfinite(host)))
         first = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])

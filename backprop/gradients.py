@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop.data import check_finite, to_backend
+from backprop.data import check_finite, host_array, to_backend
 from backprop.errors import GradientCheckError
 from backprop.losses import Loss
 
@@ -28,7 +28,8 @@ def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = T
         value, grad_output = loss.value_and_grad(output, target)
     backward(grad_output, need_input_grad=False)
     if penalty is not None:
-        value = value + penalty.accumulate(model)
+        with model.backend.activate():
+            value = value + penalty.accumulate(model)
     return value
 
 
@@ -49,12 +50,14 @@ def value_and_grad(model: Any, loss: Loss, x: Any, y: Any, penalty: Any = None) 
 
 def gradcheck(
     model: Any, loss: Loss, x: Any, y: Any, eps: float = 1e-6, tol: float = 1e-5, floor: float | None = None,
-    penalty: Any = None,
+    penalty: Any = None, device: "str | None" = None,
 ) -> float:
     """Compare analytic gradients with central differences (f(w+eps) - f(w-eps)) / 2eps, in float64.
 
-    The check runs on a float64 copy of the model (on the CPU if the model's device lacks float64), so a
-    float32 model is checked without float32 rounding noise. For each element the relative error is
+    The check runs on a float64 copy of the model, so a float32 model is checked without float32 rounding
+    noise. The copy runs on ``device``; by default on the model's own device when that is the host's (NumPy,
+    array-api-strict, torch:cpu) and supports float64, else on the CPU: two loss evaluations and a host read per
+    parameter entry would make a GPU wait thousands of times for nothing a CPU cannot check as well. For each element the relative error is
     |analytic - numeric| / max(|analytic|, |numeric|, floor). Returns the largest; raises
     `GradientCheckError` naming the parameter and element where it exceeds ``tol``.
 
@@ -68,11 +71,12 @@ def gradcheck(
     """
     from backprop.model import Sequential
 
-    device = model.device if model.backend.supports("float64") else "cpu"
+    if device is None:
+        device = model.device if model.backend.supports("float64") and _on_host(model.backend) else "cpu"
     twin = Sequential(*[type(layer)(**layer.config()) for layer in model.layers], device=device, dtype="float64")
     twin.load_state_dict(model.state_dict())
-    x_host = np.asarray(model.backend.to_numpy(x) if model.backend.owns(x) else x, dtype=np.float64)
-    y_host = model.backend.to_numpy(y) if model.backend.owns(y) else np.asarray(y)
+    x_host = np.asarray(model.backend.to_numpy(x) if model.backend.owns(x) else host_array(x, "x"), dtype=np.float64)
+    y_host = model.backend.to_numpy(y) if model.backend.owns(y) else host_array(y, "y")
 
     def loss_at() -> float:
         output = twin.forward(x_host, training=True)[0]
@@ -88,6 +92,11 @@ def gradcheck(
         if floor is None:
             floor = 1e-4 * max(abs(value), 1e-8)
         return _compare(twin, analytic, loss_at, eps, tol, floor)
+
+
+def _on_host(backend: Any) -> bool:
+    """Whether ``backend`` computes on the host CPU (CuPy and torch's CUDA devices do not)."""
+    return backend.library != "cupy" and getattr(backend.device, "type", "cpu") != "cuda"
 
 
 def _compare(twin: Any, analytic: dict, loss_at: Any, eps: float, tol: float, floor: float) -> float:

@@ -2,6 +2,9 @@
 
 Values are 0-d arrays on the device (no host round trip per batch); ``float(value)`` reads one.
 ``prepare_target`` moves targets to the device and checks they fit the model's output before any arithmetic.
+``prepare_target`` and ``check_values`` enter the backend's device context themselves; ``loss(prediction, target)``
+and ``value_and_grad`` see only arrays, so on a GPU other than the current one call them inside
+``model.backend.activate()`` (``fit``, ``evaluate`` and `backprop.value_and_grad` do).
 Mean reduction averages over every element for MSE and binary cross-entropy, over samples for CrossEntropy
 (PyTorch's conventions).
 """
@@ -13,7 +16,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import device as _device_of
 
-from backprop.data import namespace_of as _namespace, to_backend
+from backprop.data import constant, host_array, namespace_of as _namespace, to_backend
 from backprop.errors import ConfigurationError, ShapeError, TargetError
 from backprop.layers.activations import sigmoid
 
@@ -35,9 +38,10 @@ class Loss:
         if _prepared(target, backend, dtype, output_shape):
             self.check_values(target, backend)
             return target
-        y = to_backend(target, backend, dtype, what="targets")
-        if len(y.shape) == 1 and len(output_shape) == 2 and output_shape[1] == 1:
-            y = backend.xp.reshape(y, (-1, 1))
+        with backend.activate():
+            y = to_backend(target, backend, dtype, what="targets")
+            if len(y.shape) == 1 and len(output_shape) == 2 and output_shape[1] == 1:
+                y = backend.xp.reshape(y, (-1, 1))
         if tuple(y.shape) != tuple(output_shape):
             raise ShapeError(f"targets have shape {tuple(y.shape)} but the model's output has shape {tuple(output_shape)}")
         self.check_values(y, backend)
@@ -64,7 +68,7 @@ def _host_weights(weights: Any, label: str, ndim: tuple[int, ...]) -> np.ndarray
     """Validated float64 host copy of per-class weights (``None`` stays ``None``)."""
     if weights is None:
         return None
-    host = np.array(weights, dtype=np.float64, copy=True)
+    host = np.array(host_array(weights, label), dtype=np.float64, copy=True)
     if host.ndim not in ndim:
         raise ShapeError(f"{label} must have {' or '.join(map(str, ndim))} dimension(s), got shape {host.shape}")
     if not np.all(np.isfinite(host)) or np.any(host < 0):
@@ -89,13 +93,13 @@ def _weights_like(host: np.ndarray, like: Any, label: str, classes: int, copies:
 def _log_floored(xp: Any, p: Any) -> Any:
     """max(log p, -100) for p in [0, 1]; log is never evaluated at 0 (which would warn and give -inf)."""
     positive = p > 0
-    return xp.clip(xp.where(positive, xp.log(xp.where(positive, p, 1.0)), _LOG_FLOOR), _LOG_FLOOR, None)
+    return xp.maximum(xp.where(positive, xp.log(xp.where(positive, p, 1.0)), _LOG_FLOOR), constant(_LOG_FLOOR, p))
 
 
 def _log1m_floored(xp: Any, p: Any) -> Any:
     """max(log(1 - p), -100) for p in [0, 1], through log1p (precise for small p), never evaluated at p = 1."""
     below_one = p < 1
-    return xp.clip(xp.where(below_one, xp.log1p(-xp.where(below_one, p, 0.0)), _LOG_FLOOR), _LOG_FLOOR, None)
+    return xp.maximum(xp.where(below_one, xp.log1p(-xp.where(below_one, p, 0.0)), _LOG_FLOOR), constant(_LOG_FLOOR, p))
 
 
 def _prepared(target: Any, backend: Any, dtype: Any, output_shape: tuple) -> bool:
@@ -155,19 +159,22 @@ class BinaryCrossEntropy(Loss):
             c = 1.0 + (w - 1.0) * target
         if self.from_logits:
             z = prediction
-            elementwise = (1.0 - target) * z + c * (xp.log1p(xp.exp(-xp.abs(z))) + xp.maximum(-z, 0.0))
+            elementwise = (1.0 - target) * z + c * (xp.log1p(xp.exp(-xp.abs(z))) + xp.maximum(-z, constant(0.0, z)))
             value, scale = _reduce(xp, elementwise, self.reduction)
             return value, (c * sigmoid(xp, z) - w * target) * scale
         p = prediction
         elementwise = -(w * target * _log_floored(xp, p) + (1.0 - target) * _log1m_floored(xp, p))
         value, scale = _reduce(xp, elementwise, self.reduction)
-        grad = (c * p - w * target) / xp.clip(p * (1.0 - p), _EPS, None)
+        grad = (c * p - w * target) / xp.maximum(p * (1.0 - p), constant(_EPS, p))
         return value, grad * scale
 
     def check_values(self, target, backend):
         xp = backend.xp
-        if not bool(xp.all((target >= 0.0) & (target <= 1.0))):
-            low, high = float(xp.min(target)), float(xp.max(target))
+        with backend.activate():
+            inside = bool(xp.all((target >= 0.0) & (target <= 1.0)))
+            if not inside:
+                low, high = float(xp.min(target)), float(xp.max(target))
+        if not inside:
             raise TargetError(
                 f"BinaryCrossEntropy targets must lie in [0, 1] (labels 0/1 or probabilities); "
                 f"found values from {low:g} to {high:g}"
@@ -199,6 +206,11 @@ class CrossEntropy(Loss):
     def prepare_target(self, target, backend, dtype, output_shape):
         if _prepared(target, backend, dtype, output_shape):  # rows of probabilities already in place
             return target
+        with backend.activate():
+            return self._one_hot_or_rows(target, backend, dtype, output_shape)
+
+    def _one_hot_or_rows(self, target, backend, dtype, output_shape):
+        """`prepare_target`'s work inside the device's context: class indices become one-hot rows."""
         xp = backend.xp
         y = to_backend(target, backend, dtype, what="targets", integral_ok=True)
         n, classes = output_shape
@@ -232,7 +244,7 @@ class CrossEntropy(Loss):
             target = target * _weights_like(self.weight, prediction, "CrossEntropy weight", prediction.shape[-1],
                                             self._device_weights)
             if self.reduction == "mean":  # a batch whose targets all weigh 0 contributes 0, not 0/0
-                scale = 1.0 / xp.maximum(xp.sum(target), xp.finfo(prediction.dtype).smallest_normal)
+                scale = 1.0 / xp.maximum(xp.sum(target), constant(xp.finfo(prediction.dtype).smallest_normal, prediction))
         if self.from_logits:
             shifted = prediction - xp.max(prediction, axis=-1, keepdims=True)
             exp_shifted = xp.exp(shifted)
@@ -245,6 +257,6 @@ class CrossEntropy(Loss):
             return value, grad
         log_p = _log_floored(xp, prediction)
         value = -xp.sum(target * log_p) * scale
-        return value, -(target / xp.clip(prediction, _EPS, None)) * scale
+        return value, -(target / xp.maximum(prediction, constant(_EPS, prediction))) * scale
 
 

@@ -53,20 +53,42 @@ class Penalty:
         return self._apply(model, accumulate=True)
 
     def _apply(self, model: Any, accumulate: bool) -> Any:
+        """R(w) (and dR/dw added to the gradients); a term whose coefficient is 0 is not computed."""
         xp = model.backend.xp
         total = None
         with model.backend.activate():
             for parameter in self.selected(model):
                 w = parameter.value
-                value = self.l1 * xp.sum(xp.abs(w)) + self.l2 * xp.sum(w * w)
-                if accumulate:
-                    parameter.accumulate(self.l1 * xp.sign(w) + (2.0 * self.l2) * w)
+                value = gradient = None
+                if self.l1:
+                    value = self.l1 * xp.sum(xp.abs(w))
+                    if accumulate:
+                        gradient = self.l1 * _sign(xp, w)
+                if self.l2:
+                    square = self.l2 * xp.sum(w * w)
+                    value = square if value is None else value + square
+                    if accumulate:
+                        slope = (2.0 * self.l2) * w
+                        gradient = slope if gradient is None else gradient + slope
+                if value is None:  # both coefficients 0: R = 0, with nothing to add to the gradients
+                    value = xp.zeros_like(xp.sum(w))
+                if gradient is not None:
+                    parameter.accumulate(gradient)
                 total = value if total is None else total + value
         return total
 
     def __repr__(self) -> str:
         selection = "" if self.parameters is None else f", parameters={list(self.parameters)!r}"
         return f"{type(self).__name__}(l1={self.l1!r}, l2={self.l2!r}{selection})"
+
+
+def _sign(xp: Any, w: Any) -> Any:
+    """sign(w) = [w > 0] - [w < 0] (0 at w = 0 and at NaN), from two comparisons.
+
+    Not ``xp.sign``: array-api-compat's ``sign`` for CuPy and for torch writes NaN through a boolean mask
+    (``out[xp.isnan(x)] = xp.nan``, ``common/_aliases.py`` and ``torch/_aliases.py``, 1.16), and on a GPU a
+    boolean-mask write reads the mask's count on the host. A NaN weight makes R(w) NaN anyway."""
+    return xp.astype(w > 0, w.dtype) - xp.astype(w < 0, w.dtype)
 
 
 class L1(Penalty):

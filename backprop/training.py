@@ -164,9 +164,12 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, An
     if len(raw.shape) == 0 or raw.shape[0] != samples:
         raise ShapeError(f"{what} inputs have {samples} samples but the targets have shape {tuple(raw.shape)}; "
                          "give one target (row) per sample")
-    outputs = model.out_features if model.out_features is not None else model.predict(inputs[:1, ...]).shape[1]
-    with backend.activate():
-        targets = loss.prepare_target(raw, backend, model._dtype, (samples, outputs))
+    if model.out_features is None:
+        with backend.activate():
+            outputs = model.predict(inputs[:1, ...]).shape[1]
+    else:
+        outputs = model.out_features
+    targets = loss.prepare_target(raw, backend, model._dtype, (samples, outputs))
     return inputs, targets
 
 
@@ -179,9 +182,9 @@ def _evaluate(model: Any, inputs: Any, targets: Any, loss: Loss | None, metrics:
     """Per-batch loss (unless None) and metrics in inference mode, as lists of 0-d device arrays."""
     series: dict[str, list] = {}
     for start, stop in bounds:
-        prediction = model.forward(inputs[start:stop, ...], training=False)[0]
-        target = targets[start:stop, ...]
         with model.backend.activate():
+            prediction = model.forward(inputs[start:stop, ...], training=False)[0]
+            target = targets[start:stop, ...]
             if loss is not None:
                 series.setdefault("loss", []).append(loss(prediction, target))
             for name, metric in metrics.items():
@@ -192,8 +195,8 @@ def _evaluate(model: Any, inputs: Any, targets: Any, loss: Loss | None, metrics:
 def _read(model: Any, series: dict[str, list]) -> dict[str, list[float]]:
     """Each series of 0-d device values as Python floats, all in one host read."""
     xp, dtype = model.backend.xp, model._dtype
-    values = [value if value.dtype == dtype else xp.astype(value, dtype) for items in series.values() for value in items]
     with model.backend.activate():
+        values = [value if value.dtype == dtype else xp.astype(value, dtype) for items in series.values() for value in items]
         if len(values) == 1:  # a full-batch epoch without metrics: one number, read without stacking
             host = [float(values[0])]
         else:
@@ -317,8 +320,10 @@ def fit(
                     epoch_targets = xp.take(targets, order, axis=0)
             batch_losses = []
             for start, stop in bounds:
-                batch_losses.append(loss_and_backward(model, loss, epoch_inputs[start:stop, ...],
-                                                      epoch_targets[start:stop, ...], penalty=penalty, prepared=True))
+                with backend.activate():
+                    batch_inputs, batch_targets = epoch_inputs[start:stop, ...], epoch_targets[start:stop, ...]
+                batch_losses.append(loss_and_backward(model, loss, batch_inputs, batch_targets, penalty=penalty,
+                                                      prepared=True))
                 optimizer.step()
             series = {"loss": batch_losses}
             if named_metrics:

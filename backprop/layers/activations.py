@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backprop.data import constant
 from backprop.layers.base import Layer
 
 
@@ -52,7 +53,7 @@ class ReLU(Layer):
     def forward(self, x, training=False):
         xp = self.backend.xp
         positive = x > 0
-        y = xp.maximum(x, 0.0)
+        y = xp.maximum(x, constant(0.0, x))  # a 0-d array, not 0.0: see backprop.data.constant
         return y, lambda dy, need_dx=True: dy * xp.astype(positive, dy.dtype)
 
 
@@ -95,7 +96,7 @@ def sigmoid(xp: Any, x: Any) -> Any:
     """1 / (1 + exp(-x)) as exp(min(x, 0)) / (1 + exp(-|x|)): no exponential overflows (see `Sigmoid`)."""
     denominator = xp.exp(-xp.abs(x))
     denominator += 1.0
-    y = xp.exp(xp.minimum(x, 0.0))
+    y = xp.exp(xp.minimum(x, constant(0.0, x)))
     y /= denominator  # y is a new array, so dividing in place saves a temporary
     return y
 

@@ -14,19 +14,49 @@ A layer that draws random numbers on the host (`Dropout`) exposes its generator'
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, ContextManager
 
 import numpy as np
 
+from backprop.errors import ConfigurationError
 from backprop.parameter import Parameter
 
 Backward = Callable[..., Any]
 
 
+def _in_device_context(forward: Callable) -> Callable:
+    """``forward`` and the ``backward`` it returns, each run inside ``self.backend.activate()`` (CuPy runs a
+    kernel on the *current* device, whatever device its arrays are on)."""
+
+    @functools.wraps(forward)
+    def forward_in_context(self: "Layer", x: Any, training: bool = False) -> tuple[Any, Backward]:
+        if self.backend is None:
+            raise ConfigurationError(f"{type(self).__name__} is not built yet: put it in a Sequential first")
+        with self.backend.activate():
+            y, backward = forward(self, x, training)
+
+        def backward_in_context(dy: Any, need_dx: bool = True) -> Any:
+            with self.backend.activate():
+                return backward(dy, need_dx)
+
+        return y, backward_in_context
+
+    return forward_in_context
+
+
 class Layer:
-    """Base class. Subclasses set ``in_features`` when they require a given input width (else ``None``)."""
+    """Base class. Subclasses set ``in_features`` when they require a given input width (else ``None``).
+
+    Every subclass's ``forward``, and the ``backward`` it returns, run inside the layer's device context
+    (``backend.activate()``), so a layer called on its own works on a GPU that is not the current one."""
 
     in_features: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = _in_device_context(cls.__dict__["forward"])
 
     def __init__(self) -> None:
         self.params: dict[str, Parameter] = {}

@@ -15,6 +15,7 @@ import math
 import numbers
 from typing import Any, Iterable
 
+from backprop.data import constant
 from backprop.errors import ConfigurationError, DeviceError, NonFiniteError
 from backprop.parameter import Parameter
 
@@ -38,13 +39,16 @@ def _with_gradients(params: Iterable[Parameter]) -> list[Parameter]:
 
 def clip_grad_norm(
     params: Iterable[Parameter], max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
-) -> float:
+) -> Any:
     """Scale all gradients together so that their global ``norm_type``-norm is at most ``max_norm``.
 
-    Returns the norm before clipping as a host float (computed on the device in the parameters' dtype and read
-    once). ``norm_type`` may be ``math.inf`` (the largest absolute entry). A NaN or infinite norm raises
-    `NonFiniteError` when ``error_if_nonfinite``; otherwise the gradients are scaled as PyTorch does (by 0 for an
-    infinite norm, by NaN for a NaN one).
+    Returns the norm before clipping as a 0-d array on the parameters' device, in their dtype (``float(norm)``
+    reads it), as ``torch.nn.utils.clip_grad_norm_`` returns a tensor: the clipping itself never waits for the
+    device. The gradients are always multiplied by min(1, max_norm / (N + 1e-6)), which is exactly 1 below the
+    cap. ``norm_type`` may be ``math.inf`` (the largest absolute entry). With ``error_if_nonfinite`` the norm is
+    read on the host (one wait) and a NaN or infinite norm raises `NonFiniteError` before anything is scaled;
+    otherwise the gradients are scaled as PyTorch does (by 0 for an infinite norm, by NaN for a NaN one).
+    Without gradients the norm is 0.0.
     """
     max_norm = _positive("max_norm", max_norm)
     norm_type = _positive("norm_type", norm_type)
@@ -65,26 +69,30 @@ def clip_grad_norm(
                 power = xp.sum(grad * grad) if norm_type == 2.0 else xp.sum(xp.abs(grad) ** norm_type)
                 total = power if total is None else total + power
             total = xp.sqrt(total) if norm_type == 2.0 else total ** (1.0 / norm_type)
-        total_norm = float(total)
-        if error_if_nonfinite and not math.isfinite(total_norm):
+        if error_if_nonfinite and not bool(xp.isfinite(total)):
             raise NonFiniteError(
-                f"the gradients' total {norm_type:g}-norm is {total_norm}: the loss or the gradients overflowed or "
-                "became NaN; lower the learning rate, check the data, or pass error_if_nonfinite=False"
+                f"the gradients' total {norm_type:g}-norm is {float(total)}: the loss or the gradients overflowed "
+                "or became NaN; lower the learning rate, check the data, or pass error_if_nonfinite=False"
             )
-        coefficient = max_norm / (total_norm + 1e-6)
-        if not coefficient >= 1.0:  # NaN scales too, as in PyTorch
-            for parameter in with_gradients:
-                parameter.grad *= coefficient  # stores back on backends whose arrays are immutable
-    return total_norm
+        coefficient = xp.minimum(max_norm / (total + 1e-6), constant(1.0, total))  # NaN stays NaN, as in PyTorch
+        for parameter in with_gradients:
+            parameter.grad *= coefficient  # stores back on backends whose arrays are immutable
+    return total
 
 
 def clip_grad_value(params: Iterable[Parameter], clip_value: float) -> None:
-    """Clip every gradient entry into [-clip_value, clip_value]."""
+    """Clip every gradient entry into [-clip_value, clip_value] (NaN stays NaN).
+
+    Computed as min(max(g, -c), c) with 0-d bounds on the device, not with ``xp.clip``: array-api-compat's
+    generic ``clip`` (the one it uses for CuPy) writes through boolean masks, a host read each
+    (``common/_aliases.py``, 1.16)."""
     clip_value = _positive("clip_value", clip_value)
     with_gradients = _with_gradients(params)
     if not with_gradients:
         return
     backend = with_gradients[0].backend
+    xp = backend.xp
     with backend.activate():
         for parameter in with_gradients:
-            parameter.grad = backend.xp.clip(parameter.grad, min=-clip_value, max=clip_value)
+            grad = parameter.grad
+            parameter.grad = xp.minimum(xp.maximum(grad, constant(-clip_value, grad)), constant(clip_value, grad))

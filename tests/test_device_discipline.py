@@ -1,0 +1,217 @@
+"""Device discipline on a CPU stand-in that follows CuPy's rules (`tests/recording_backend.py`).
+
+Every model here lives on ``"recording:1"`` while device 0 is current, as a model on the last GPU would. The
+tests assert what a GPU needs and a CPU run cannot show: every array operation inside the model's device
+context (training, evaluation, checkpoints, the public functions called on their own); no host read and no
+host-to-device copy in a steady-state training step (one read per epoch, at its end); and the number of array
+operations of one step per workload, pinned so that a regression shows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop.data import check_finite
+from backprop.gradients import loss_and_backward
+from tests import recording_backend as rb
+
+DEVICE = "recording:1"
+
+
+@pytest.fixture(autouse=True)
+def recording():
+    with rb.registered():
+        yield
+
+
+def _data(outputs: int, kind: str, samples: int = 24, features: int = 3):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(samples, features))
+    if kind == "regression":
+        return x, rng.normal(size=(samples, outputs))
+    if kind == "binary":
+        return x, (rng.random((samples, outputs)) > 0.5).astype(float)
+    return x, rng.integers(0, outputs, size=samples)
+
+
+def _workloads():
+    """name -> (layers, loss, optimiser factory, data kind, fit options)."""
+    return {
+        "mse_relu_sgd_nesterov": (
+            lambda: [bp.Dense(3, 8), bp.ReLU(), bp.Dense(8, 1)], bp.losses.MeanSquaredError(),
+            lambda p: bp.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True), "regression", {},
+        ),
+        "bce_probabilities_adam_amsgrad_l1": (
+            lambda: [bp.Dense(3, 8), bp.Tanh(), bp.Dense(8, 1), bp.Sigmoid()], bp.losses.BinaryCrossEntropy(),
+            lambda p: bp.optim.Adam(p, lr=0.01, amsgrad=True), "binary", {"penalty": bp.penalties.L1(1e-3)},
+        ),
+        "bce_logits_pos_weight_rmsprop_l1l2": (
+            lambda: [bp.Dense(3, 8), bp.LeakyReLU(), bp.Dense(8, 2)],
+            bp.losses.BinaryCrossEntropy(from_logits=True, pos_weight=[2.0, 3.0]),
+            lambda p: bp.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True), "binary",
+            {"penalty": bp.penalties.L1L2(1e-3, 1e-3)},
+        ),
+        "ce_logits_weighted_adamw_batchnorm_dropout_l2": (
+            lambda: [bp.Dense(3, 8), bp.BatchNorm1d(8), bp.ReLU(), bp.Dropout(0.2, seed=1), bp.Dense(8, 3)],
+            bp.losses.CrossEntropy(weight=[1.0, 2.0, 0.5]), lambda p: bp.optim.AdamW(p, lr=0.01), "classes",
+            {"penalty": bp.penalties.L2(1e-4)},
+        ),
+        "ce_probabilities_layernorm_sgd_metrics_validation": (
+            lambda: [bp.Dense(3, 8), bp.LayerNorm(8), bp.Sigmoid(), bp.Dense(8, 3), bp.Softmax()],
+            bp.losses.CrossEntropy(from_logits=False), lambda p: bp.optim.SGD(p, lr=0.1), "classes",
+            {"metrics": ["accuracy", "mse"], "validation": True},
+        ),
+    }
+
+
+# Array operations of one steady-state step (one optimizer.step() and the next batch's forward and backward),
+# as recorded on the day this was written. A change is a regression unless it was meant: then update it here.
+STEP_OPS = {
+    "mse_relu_sgd_nesterov": 47,
+    "bce_probabilities_adam_amsgrad_l1": 133,
+    "bce_logits_pos_weight_rmsprop_l1l2": 144,
+    "ce_logits_weighted_adamw_batchnorm_dropout_l2": 165,
+    "ce_probabilities_layernorm_sgd_metrics_validation": 79,
+}
+CLIPPED_STEP_OPS = {"norm 2": 56, "norm inf": 55, "value": 45}  # Dense-Tanh-Dense, MSE, SGD with momentum
+
+
+def _profile(name: str, epochs: int = 3):
+    layers, loss, optimizer_factory, kind, options = _workloads()[name]
+    options = dict(options)
+    model = bp.Sequential(*layers(), device=DEVICE, seed=0)
+    outputs = model.out_features
+    x, y = _data(outputs, kind)
+    if options.pop("validation", False):
+        options["validation_data"] = _data(outputs, kind, samples=10)
+    optimizer = optimizer_factory(model.parameters())
+    return model, rb.profile_fit(model, x, y, loss, optimizer, epochs=epochs, batch_size=6, seed=0, **options)
+
+
+@pytest.mark.parametrize("name", list(STEP_OPS))
+def test_training_runs_in_context_with_one_host_read_per_epoch(name):
+    model, profile = _profile(name)
+    assert rb.outside_context(profile.events) == []
+    dropouts = sum(isinstance(layer, bp.Dropout) for layer in model.layers)
+    for epoch_steps in profile.steps:
+        assert len(epoch_steps) == 3  # 4 batches: 3 whole cycles between the first and the last update
+        for step in epoch_steps:
+            assert step.reads == []
+            assert step.copies == ["to_device"] * dropouts  # a dropout mask, drawn on the host by design
+    for epoch, (reads, copies) in enumerate(zip(profile.epoch_reads, profile.epoch_copies)):
+        assert reads == ["to_numpy"]  # the epoch's losses and metrics, all in one read
+        if epoch == 0:  # the 0-d constants given to maximum/minimum are copied once, on first use
+            copies = [name for name in copies if name != "asarray of host data"]
+        assert copies == ["to_device"] * (1 + 4 * dropouts)  # the permutation, and a mask per batch
+
+
+@pytest.mark.parametrize("name", list(STEP_OPS))
+def test_operations_per_step_are_pinned(name):
+    _, profile = _profile(name)
+    assert rb.steady_step_counts(profile).total() == STEP_OPS[name]
+
+
+def _clipped_step(clip):
+    model = bp.Sequential(bp.Dense(3, 8), bp.Tanh(), bp.Dense(8, 2), device=DEVICE, seed=0)
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss = bp.losses.MeanSquaredError()
+    x, y = _data(2, "regression", samples=6)
+    inputs, targets = model.as_input(x), loss.prepare_target(y, model.backend, model._dtype, (6, 2))
+
+    def step():
+        loss_and_backward(model, loss, inputs, targets, prepared=True)
+        clip(model.parameters())
+        optimizer.step()
+
+    return step
+
+
+CLIPS = {
+    "norm 2": lambda params: bp.optim.clip_grad_norm(params, 0.1),
+    "norm inf": lambda params: bp.optim.clip_grad_norm(params, 0.1, norm_type=float("inf")),
+    "value": lambda params: bp.optim.clip_grad_value(params, 0.01),
+}
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_gradient_clipping_reads_nothing_on_the_host(name):
+    steps = rb.profile_steps(_clipped_step(CLIPS[name]), 4)
+    for index, step in enumerate(steps):
+        assert step.outside == [] and step.reads == []
+        assert step.copies == [] or index == 0  # the first step copies its 0-d constants to the device once
+    assert rb.steady_step_counts(steps).total() == CLIPPED_STEP_OPS[name]
+
+
+def test_clip_grad_norm_reads_the_norm_only_when_asked_to_check_it():
+    step = _clipped_step(lambda params: bp.optim.clip_grad_norm(params, 0.1, error_if_nonfinite=True))
+    for segment in rb.profile_steps(step, 2):
+        assert segment.reads == ["bool"] and segment.outside == []
+
+
+def test_evaluation_prediction_and_checkpoints_run_in_context(tmp_path):
+    model, _ = _profile("ce_logits_weighted_adamw_batchnorm_dropout_l2", epochs=1)
+    x, y = _data(3, "classes")
+    loss = bp.losses.CrossEntropy(weight=[1.0, 2.0, 0.5])
+    with rb.RECORDER.recording() as events:
+        logs = model.evaluate(x, y, loss, metrics=["accuracy"], batch_size=5)
+    assert rb.outside_context(events) == []
+    assert [name for kind, name, _ in events if kind == "read"].count("to_numpy") == 1  # 5 batches, one read
+    assert set(logs) == {"loss", "accuracy"}
+    with rb.RECORDER.recording() as events:
+        model.predict(x)
+        path = bp.save(model, tmp_path / "model.bpk", optimizer=bp.optim.AdamW(model.parameters()))
+        restored = bp.load(path, device="recording:1")
+        checkpoint = bp.load_checkpoint(path, device="recording:1")
+        bp.load_into(restored, path)
+        restored.to("recording:0").to("recording:1")
+    assert rb.outside_context(events) == []
+    assert checkpoint.model.device == "recording:1"
+    np.testing.assert_array_equal(bp.to_numpy(restored.predict(x)), bp.to_numpy(model.predict(x)))
+
+
+def test_public_functions_called_on_their_own_run_in_context():
+    model = bp.Sequential(bp.Dense(3, 4), bp.Sigmoid(), bp.Dense(4, 1), bp.Sigmoid(), device=DEVICE, seed=0,
+                          dtype="float64")
+    x, y = _data(1, "binary", samples=5)
+    loss = bp.losses.BinaryCrossEntropy()
+    with rb.RECORDER.recording() as events:
+        inputs = model.as_input(x)
+        target = loss.prepare_target(y, model.backend, model._dtype, (5, 1))
+        loss.check_values(target, model.backend)
+        check_finite(inputs, model.backend)
+        hidden, backward = model.layers[0].forward(inputs, training=True)  # a layer called directly
+        backward(hidden)
+        prediction = model.predict(inputs)
+        with model.backend.activate():  # functions of arrays alone run where their caller runs them
+            loss(prediction, target)
+            bp.metrics.accuracy(prediction, target)
+        value, gradients = bp.value_and_grad(model, loss, x, y, penalty=bp.penalties.L1L2(1e-3, 1e-3))
+        bp.penalties.L1(1e-2)(model)
+        worst = bp.gradcheck(model, loss, x[:2], y[:2])
+    assert rb.outside_context(events) == []
+    assert worst < 1e-5 and set(gradients) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_the_instrument_sees_what_it_is_meant_to_see():
+    """It must fail where the library would fail on a GPU: work outside the context, masked writes, scalars."""
+    backend = bp.get_backend(DEVICE)
+    array = backend.to_device(np.array([-1.0, np.nan, 2.0]))
+    with rb.RECORDER.recording() as events:
+        _ = array + 1.0  # device 0 is current, the array lives on device 1
+        with backend.activate():
+            clipped = backend.xp.clip(array, -0.5, 0.5)  # array-api-compat's generic clip: masked writes
+            signs = backend.xp.sign(array)  # a masked NaN write
+            backend.xp.maximum(array, 0.0)  # torch's wrapper copies the 0.0 to the device
+            float(backend.xp.sum(array))
+    assert rb.outside_context(events) == ["__add__"]
+    reads = [name for kind, name, _ in events if kind == "read"]
+    assert reads.count("boolean mask assignment") == 3 and reads.count("boolean mask index") == 2
+    assert reads[-1] == "float"
+    copies = [name for kind, name, _ in events if kind == "copy"]
+    assert sum("maximum" in name for name in copies) == 1
+    np.testing.assert_array_equal(backend.to_numpy(clipped), [-0.5, np.nan, 0.5])
+    np.testing.assert_array_equal(backend.to_numpy(signs), [-1.0, np.nan, 1.0])
