@@ -27,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import numpy as np
 import array_api_compat.numpy as _cpu
+import numpy as np
 from array_api_compat.common import _aliases as _compat_generic
 
 import backprop as bp
@@ -164,11 +165,11 @@ class RecordingArray:
     device = property(lambda self: RecordingDevice(self._device))
 
     @property
-    def T(self) -> "RecordingArray":
+    def T(self) -> RecordingArray:
         RECORDER.op("T", [self._device])
         return RecordingArray(self._data.T, self._device)  # a view stays where its data are
 
-    def __array_namespace__(self, api_version: Any = None) -> "RecordingNamespace":
+    def __array_namespace__(self, api_version: Any = None) -> RecordingNamespace:
         return xp
 
     def __getitem__(self, key):
@@ -204,11 +205,7 @@ class RecordingArray:
     __hash__ = None  # type: ignore[assignment]
 
 
-for _name in (
-    "add sub mul truediv floordiv mod pow matmul and or xor lshift rshift "
-    "radd rsub rmul rtruediv rfloordiv rmod rpow rmatmul rand ror rxor "
-    "iadd isub imul itruediv ipow iand ior imatmul lt le gt ge eq ne neg pos abs invert"
-).split():
+for _name in ["add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift", "radd", "rsub", "rmul", "rtruediv", "rfloordiv", "rmod", "rpow", "rmatmul", "rand", "ror", "rxor", "iadd", "isub", "imul", "itruediv", "ipow", "iand", "ior", "imatmul", "lt", "le", "gt", "ge", "eq", "ne", "neg", "pos", "abs", "invert"]:
     setattr(RecordingArray, f"__{_name}__", _operator(f"__{_name}__"))
 
 
@@ -271,7 +268,7 @@ class RecordingNamespace:
         run.__name__ = name
         return run
 
-    def clip(self, x, /, min=None, max=None):  # noqa: A002 -- the standard's argument names
+    def clip(self, x, /, min=None, max=None):  # the standard's argument names
         """array-api-compat's generic ``clip``, the one it uses for CuPy (boolean-mask writes included)."""
         return _compat_generic.clip(x, min, max, xp=self)
 
@@ -440,7 +437,7 @@ def profile_steps(step: Callable[[], Any], steps: int) -> list[Segment]:
     return segments(events, "step")[1:]
 
 
-def steady_step_counts(profile: "FitProfile | list[Segment]") -> Counter:
+def steady_step_counts(profile: FitProfile | list[Segment]) -> Counter:
     """Operations by name of one steady-state step; every steady-state step must do the same."""
     if isinstance(profile, FitProfile):  # epoch 0's first update creates the optimiser's slots
         steps = [s for epoch in (profile.steps[1:] or profile.steps) for s in epoch]

@@ -9,8 +9,6 @@ operations of one step per workload, pinned so that a regression shows.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 
@@ -189,7 +187,7 @@ def test_public_functions_called_on_their_own_run_in_context():
         with model.backend.activate():  # functions of arrays alone run where their caller runs them
             loss(prediction, target)
             bp.metrics.accuracy(prediction, target)
-        value, gradients = bp.value_and_grad(model, loss, x, y, penalty=bp.penalties.L1L2(1e-3, 1e-3))
+        _, gradients = bp.value_and_grad(model, loss, x, y, penalty=bp.penalties.L1L2(1e-3, 1e-3))
         bp.penalties.L1(1e-2)(model)
         worst = bp.gradcheck(model, loss, x[:2], y[:2])
     assert rb.outside_context(events) == []
