@@ -21,7 +21,7 @@ class Parameter:
     ``grad`` if you need it after the next ``zero_grad()``.
     """
 
-    __slots__ = ("name", "value", "_grad", "_spare", "state", "backend")
+    __slots__ = ("_backend", "_grad", "_spare", "name", "state", "value")
 
     def __init__(self, name: str, value: Any, backend: Any) -> None:
         self.name = name
@@ -29,7 +29,16 @@ class Parameter:
         self._grad = None
         self._spare = None
         self.state: dict[str, Any] = {}
-        self.backend = backend
+        self._backend = backend
+
+    @property
+    def backend(self) -> Any:
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: Any) -> None:
+        """A parameter moved to another backend (``model.to``) drops its spare gradient, which stays behind."""
+        self._backend, self._spare = backend, None
 
     @property
     def grad(self) -> Any:

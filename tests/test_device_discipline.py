@@ -213,3 +213,14 @@ def test_the_instrument_sees_what_it_is_meant_to_see():
     assert sum("maximum" in name for name in copies) == 1
     np.testing.assert_array_equal(backend.to_numpy(clipped), [-0.5, np.nan, 0.5])
     np.testing.assert_array_equal(backend.to_numpy(signs), [-1.0, np.nan, 1.0])
+
+
+def test_moving_a_model_leaves_no_spare_gradient_behind():
+    model = bp.Sequential(bp.Dense(3, 4), bp.Tanh(), bp.Dense(4, 1), device=DEVICE, seed=0)
+    x, y = _data(1, "regression", samples=5)
+    loss_and_backward(model, bp.losses.MeanSquaredError(), x, y)
+    model.zero_grad()
+    assert any(p._spare is not None for p in model.parameters())  # kept for the next backward's matmul
+    model.to("recording:0")
+    assert all(p._spare is None for p in model.parameters())  # the old device's arrays are not held
+    assert all(not p.has_grad for p in model.parameters())
