@@ -224,3 +224,14 @@ def test_moving_a_model_leaves_no_spare_gradient_behind():
     model.to("recording:0")
     assert all(p._spare is None for p in model.parameters())  # the old device's arrays are not held
     assert all(not p.has_grad for p in model.parameters())
+
+
+def test_gradcheck_can_run_its_float64_twin_on_the_cpu():
+    """The default for a GPU model (`backprop.gradients._on_host` is false there): the device only gives its
+    parameters and inputs to the host, once."""
+    model = bp.Sequential(bp.Dense(3, 4), bp.Tanh(), bp.Dense(4, 1), device=DEVICE, seed=0)
+    x, y = _data(1, "regression", samples=4)
+    with rb.RECORDER.recording() as events:
+        worst = bp.gradcheck(model, bp.losses.MeanSquaredError(), model.as_input(x), y, device="cpu")
+    assert [kind for kind, _, _ in events if kind != "read"] == ["copy"]  # as_input; state_dict only reads
+    assert worst < 1e-5

@@ -275,6 +275,24 @@ def test_cupy_array_to_a_cpu_model():
     check_error(excinfo, DeviceError, ValueError, "cupy array on device <CUDA Device 0>", "'cpu'", "bp.to_numpy")
 
 
+def _fake_cupy_array():
+    return type("ndarray", (), {"__module__": "cupy._core.core", "device": "<CUDA Device 0>",
+                                "__array_namespace__": lambda self, api_version=None: None})()
+
+
+@pytest.mark.parametrize("give", [
+    lambda: bp.losses.CrossEntropy(weight=_fake_cupy_array()),
+    lambda: bp.losses.BinaryCrossEntropy(pos_weight=_fake_cupy_array()),
+    lambda: bp.gradcheck(small_model("cpu"), bp.losses.MeanSquaredError(), _fake_cupy_array(), np.zeros((2, 2))),
+    lambda: bp.gradcheck(small_model("cpu"), bp.losses.MeanSquaredError(), np.zeros((2, 3)), _fake_cupy_array()),
+], ids=["class weights", "pos_weight", "gradcheck x", "gradcheck y"])
+def test_device_arrays_where_host_data_is_expected(give):
+    """numpy.asarray would raise CuPy's own TypeError (or make an object array); we name the fix."""
+    with pytest.raises(DeviceError) as excinfo:
+        give()
+    check_error(excinfo, DeviceError, ValueError, "cupy array on device <CUDA Device 0>", "bp.to_numpy(")
+
+
 def _fake_cupy(monkeypatch, get_device_count) -> None:
     """Install a stand-in ``cupy`` whose ``cuda.runtime.getDeviceCount`` is ``get_device_count``, with an empty
     backend cache (where a GPU exists, the conftest has already cached the real ``"cuda"`` backend)."""
