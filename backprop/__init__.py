@@ -9,7 +9,8 @@ from backprop import backends, callbacks, errors, init, losses, metrics, optim, 
 from backprop.backends import get_backend, to_numpy
 from backprop.checkpoint import Checkpoint, ModelCheckpoint, export_safetensors, load, load_checkpoint, load_into, save
 from backprop.gradients import gradcheck, value_and_grad
-from backprop.layers import BatchNorm1d, Dense, Dropout, Identity, Layer, LayerNorm, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from backprop.layers import (BatchNorm1d, Dense, Dropout, Flatten, Identity, Layer, LayerNorm, LeakyReLU, ReLU, Reshape,
+                             Residual, Sigmoid, Softmax, Tanh, register_layer)
 from backprop.model import Sequential
 from backprop.parameter import Parameter
 from backprop.training import History
@@ -17,8 +18,8 @@ from backprop.training import History
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchNorm1d", "Dense", "Dropout", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU",
-    "Sequential", "Sigmoid", "Softmax", "Tanh",
+    "BatchNorm1d", "Dense", "Dropout", "Flatten", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU",
+    "Reshape", "Residual", "Sequential", "Sigmoid", "Softmax", "Tanh", "register_layer",
     "Checkpoint", "History", "ModelCheckpoint", "export_safetensors", "load", "load_checkpoint", "load_into", "save",
     "backends", "callbacks", "errors", "get_backend", "gradcheck", "init", "losses", "metrics", "optim", "penalties",
     "to_numpy", "training", "value_and_grad",

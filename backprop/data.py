@@ -11,6 +11,7 @@ Rules (documented in the README):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -121,16 +122,28 @@ def check_finite(array: Any, backend: Any, what: str = "input") -> None:
         )
 
 
-def check_features(x: Any, expected: int | None, where: str, what: str = "input") -> None:
-    """Raise `ShapeError` unless ``x`` is a non-empty 2-D batch whose feature count is ``expected``."""
+def check_batch(x: Any, expected: "tuple[int, ...] | None", where: str, what: str = "input") -> None:
+    """Raise `ShapeError` unless ``x`` is a non-empty batch ``(N, *expected)``: one more axis than the per-sample
+    shape ``expected`` (any shape with a batch axis when ``expected`` is ``None``), with the fix in the message."""
     shape = tuple(x.shape)
-    if len(shape) != 2:
-        hint = f" (for one sample use x.reshape(1, -1); for one feature use x.reshape(-1, 1))" if len(shape) == 1 else ""
-        raise ShapeError(f"{what} must be 2-D (samples, features), got shape {shape}{hint}")
+    if expected is None:
+        if len(shape) < 2:
+            raise ShapeError(f"{what} must have a batch axis and a per-sample shape, (samples, ...), got shape "
+                             f"{shape}" + (" (for one feature per sample use x.reshape(-1, 1))" if shape else ""))
+    elif len(shape) != len(expected) + 1 or shape[1:] != expected:
+        rank = f"{len(expected) + 1}-D (samples, {', '.join(map(str, expected))})"
+        message = f"{where} expects {what} of shape (n, {', '.join(map(str, expected))}), {rank}, but {what} has " \
+                  f"shape {shape}"
+        if len(shape) == len(expected) + 1 and len(expected) == 1:
+            message += f": {shape[1]} features instead of {expected[0]}"
+        elif len(shape) == len(expected) and math.prod(shape) == math.prod(expected):
+            message += f"; for one sample use x.reshape(1, {', '.join(map(str, expected)) if len(expected) > 1 else '-1'})"
+            if len(expected) == 1:
+                message += "; for one feature per sample use x.reshape(-1, 1)"
+        elif shape and math.prod(shape[1:]) == math.prod(expected):
+            message += f"; use x.reshape(-1, {', '.join(map(str, expected))})"
+            if len(expected) == 1:
+                message += " or insert bp.Flatten() as the first layer"
+        raise ShapeError(message)
     if shape[0] == 0:
         raise ShapeError(f"{what} is an empty batch (shape {shape}); give at least one sample")
-    if expected is not None and shape[1] != expected:
-        raise ShapeError(
-            f"{where} expects {what} of shape (n, {expected}), but {what} has shape {shape}: "
-            f"{shape[1]} features instead of {expected}"
-        )

@@ -73,7 +73,8 @@ def gradcheck(
 
     if device is None:
         device = model.device if model.backend.supports("float64") and _on_host(model.backend) else "cpu"
-    twin = Sequential(*[type(layer)(**layer.config()) for layer in model.layers], device=device, dtype="float64")
+    twin = Sequential(*Sequential.from_config(model.config()).layers, input_shape=model.input_shape, device=device,
+                      dtype="float64")
     twin.load_state_dict(model.state_dict())
     x_host = np.asarray(model.backend.to_numpy(x) if model.backend.owns(x) else host_array(x, "x"), dtype=np.float64)
     y_host = model.backend.to_numpy(y) if model.backend.owns(y) else host_array(y, "y")

@@ -1,84 +1,170 @@
-"""`Sequential`: layers applied in order, on one backend, with one dtype.
+"""`Sequential`: layers applied in order. The outermost one is the model: it holds the backend, dtype and seed.
 
 forward:  y = f_L(... f_2(f_1(x)))
 backward: the chain rule, calling each layer's backward closure in reverse order:
           dL/dx_{l-1} = backward_l(dL/dx_l), each one accumulating its layer's parameter gradients.
+
+A `Sequential` is itself a layer, so a block ``Sequential(Dense(64, 64), ReLU(), Dense(64, 64))`` given to another
+`Sequential` (or to `Residual`) is built, moved, saved and checked as part of the outer model. The tree is walked
+by ``backprop.layers.base.Layer``'s methods; see there for the naming rule (``"3.inner.0.weight"``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from backprop.backends import Backend, get_backend
-from backprop.data import check_features, to_backend
+from backprop.data import check_batch, to_backend
 from backprop.errors import ConfigurationError, ShapeError
-from backprop.layers.base import Layer
+from backprop.layers.base import Layer, Shape, as_shape, dtype_name, shape_mismatch
+from backprop.layers.registry import describe, layer_from_node, register_layer
 from backprop.parameter import Parameter
 
+_SETTINGS = ("device", "dtype", "seed")
 
-class Sequential:
-    """``Sequential(*layers, device="cpu", dtype="float32", seed=None)``.
+
+class Sequential(Layer):
+    """``Sequential(*layers, input_shape=None, device="cpu", dtype="float32", seed=None)``.
+
+    ``input_shape`` is the per-sample shape of the inputs (``(1, 8, 8)`` for batches ``(N, 1, 8, 8)``). Without it
+    the model takes it from the first layer that declares one (``Dense(3, 4)`` declares ``(3,)``), looking through
+    shape-keeping layers before it, else from the first batch it sees; it is built, with all its parameters, as
+    soon as the shape is known, before any arithmetic. An unbuilt model has no parameters yet: give
+    ``input_shape=`` (or call ``model.build(input_shape)``) before building an optimiser from it.
 
     Every parameter is drawn on the host from ``numpy.random.default_rng(seed)`` and copied to ``device``, so
-    the same seed gives bit-identical starting weights on every backend. Parameter names are
-    ``"{index}.{name}"`` (``"0.weight"``, ``"2.bias"``).
+    the same seed gives bit-identical starting weights on every backend. Parameter names are dotted paths of
+    positions and child names: ``"0.weight"``, ``"2.bias"`` in a flat model, ``"3.inner.0.weight"`` for the first
+    layer of a block wrapped by a `Residual` at position 3.
+
+    Given to another layer, a `Sequential` is an ordinary layer: it then computes on the outer model's device,
+    dtype and seed, and giving it its own ``device``, ``dtype`` or ``seed`` is an error.
     """
 
-    def __init__(self, *layers: Layer, device: "str | Backend" = "cpu", dtype: str = "float32", seed: int | None = None):
+    enters_device_context = True  # forward and backward activate the backend themselves
+
+    def __init__(self, *layers: Layer, input_shape: "Shape | None" = None, device: "str | Backend | None" = None,
+                 dtype: str | None = None, seed: int | None = None):
+        super().__init__()
         if not layers:
             raise ConfigurationError("Sequential needs at least one layer")
         for index, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"argument {index} of Sequential is {type(layer).__name__}, not a layer")
-        if len({id(layer) for layer in layers}) != len(layers):
-            raise ConfigurationError("the same layer object appears twice in Sequential; create a new one for each position")
         self.layers: list[Layer] = list(layers)
-        self.backend: Backend = get_backend(device)
-        self.dtype: str = dtype
+        _check_tree(self)
+        self.settings = {name: value for name, value in zip(_SETTINGS, (device, dtype, seed)) if value is not None}
+        self.backend: Backend = get_backend("cpu" if device is None else device)
+        self.dtype: str = "float32" if dtype is None else dtype
         self.seed = seed
-        self._dtype = self.backend.dtype(dtype)
-        self.in_features: int | None = None
-        self._input_layer = "the first layer"
-        rng = np.random.default_rng(seed)
-        features: int | None = None
+        self._dtype = self.backend.dtype(self.dtype)
+        self._declared_shape = None if input_shape is None else as_shape(input_shape, "input_shape")
+        self._built_shape: Shape | None = None
+        self.output_shape: Shape | None = None
+        self._shapes: list[Shape] = []
+        if self.input_shape is not None:
+            self.build(self.input_shape)
+
+    # -- shapes and building --------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> Shape | None:
+        """The per-sample input shape: given, else the one it was built with, else the first layer's (looking
+        through shape-keeping layers), else ``None`` (then the first batch decides)."""
+        if self._declared_shape is not None:
+            return self._declared_shape
+        if self._built_shape is not None:
+            return self._built_shape
+        return _declared_by(self.layers)[0]
+
+    @property
+    def in_features(self) -> int | None:  # type: ignore[override]
+        """The input width for 1-D per-sample inputs, else ``None``."""
+        shape = self.input_shape
+        return shape[0] if shape is not None and len(shape) == 1 else None
+
+    @property
+    def out_features(self) -> int | None:
+        """The output width once built, for 1-D per-sample outputs, else ``None``."""
+        shape = self.output_shape
+        return shape[0] if shape is not None and len(shape) == 1 else None
+
+    @property
+    def built(self) -> bool:
+        return self._built_shape is not None
+
+    def build(self, input_shape: Shape, backend: Any = None, dtype: Any = None,
+              rng: np.random.Generator | None = None) -> Shape:
+        """Build every layer for per-sample inputs of ``input_shape``; return the per-sample output shape.
+
+        Called as ``model.build(input_shape)`` the model draws from its own seed on its own backend; an outer
+        model passes its backend, dtype and generator (the layer protocol)."""
+        outermost = backend is None
+        if outermost:
+            backend, dtype, rng = self.backend, self._dtype, np.random.default_rng(self.seed)
+        self._built_shape = None
+        declared = self._declared_shape
+        shape = as_shape(input_shape, "input_shape")
+        if declared is not None and declared != shape:
+            raise shape_mismatch(f"this Sequential (input_shape={declared})", declared, shape, "its input has")
+        self.place(backend, dtype)
+        shapes = []
         for index, layer in enumerate(self.layers):
-            declared = layer.in_features
-            if declared is not None:
-                if features is None:
-                    self.in_features = declared
-                    self._input_layer = f"layer {index} ({layer!r})"
-                elif declared != features:
-                    raise ShapeError(
-                        f"layer {index} ({layer!r}) expects {declared} input features, "
-                        f"but the layer before it produces {features}"
-                    )
-            features = layer.build(features, self.backend, self._dtype, rng)
-            for name, parameter in layer.params.items():
-                parameter.name = f"{index}.{name}"
-        self.out_features = features
+            declared = layer.input_shape
+            if declared is not None and tuple(declared) != shape:
+                source = "the layer before it produces" if index else "the model's input has"
+                raise shape_mismatch(f"layer {index} ({layer!r})", tuple(declared), shape, source)
+            try:
+                shape = tuple(layer.build(shape, backend, dtype, rng))
+            except ShapeError as error:
+                raise ShapeError(f"layer {index} ({type(layer).__name__}): {error}") from None
+            shapes.append(shape)
+        self._shapes, self.output_shape = shapes, shape
+        self._built_shape = tuple(input_shape)
+        if outermost:
+            for name, parameter in self.named_parameters():
+                parameter.name = name
+        return shape
+
+    def place(self, backend: Any, dtype: Any) -> None:
+        self.backend, self._dtype, self.dtype = backend, dtype, dtype_name(backend, dtype)
+
+    def children(self) -> Iterator[tuple[str, Layer]]:
+        for index, layer in enumerate(self.layers):
+            yield str(index), layer
+
+    def output_shapes(self) -> dict[str, Shape]:
+        return {str(index): shape for index, shape in enumerate(self._shapes)}
+
+    def _require_built(self) -> None:
+        if self._built_shape is None:
+            raise ConfigurationError(
+                f"this Sequential is not built yet: its per-sample input shape is unknown (no input_shape=, and "
+                f"its first layer {self.layers[0]!r} does not declare one). Give Sequential(..., input_shape=...), "
+                "call model.build(input_shape), or run one batch through model.predict(x) first"
+            )
 
     # -- parameters and state -------------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
-        for index, layer in enumerate(self.layers):
-            for name, parameter in layer.params.items():
-                yield f"{index}.{name}", parameter
-
-    def parameters(self) -> list[Parameter]:
-        """Trainable parameters in order; each ``Parameter.name`` is its qualified name (``"0.weight"``)."""
-        return [p for _, p in self.named_parameters()]
+        """Trainable parameters by dotted name, in tree order; each ``Parameter.name`` is that name."""
+        self._require_built()
+        return super().named_parameters()
 
     def named_buffers(self) -> Iterator[tuple[str, Any]]:
-        """Non-trainable state (e.g. batch-norm running statistics)."""
-        for index, layer in enumerate(self.layers):
-            for name, value in layer.buffers.items():
-                yield f"{index}.{name}", value
+        """Non-trainable state (e.g. batch-norm running statistics) by dotted name."""
+        self._require_built()
+        return super().named_buffers()
 
-    def zero_grad(self) -> None:
-        for layer in self.layers:
-            for parameter in layer.params.values():
-                parameter.zero_grad()
+    def named_random_states(self) -> dict[str, dict]:
+        """``{layer path: layer.random_state()}`` for the layers below this one that draw random numbers."""
+        states = {path: layer.random_state() for path, layer in self.named_layers()}
+        return {path: state for path, state in states.items() if state is not None}
+
+    def count_params(self) -> int:
+        """The number of trainable parameters (scalars)."""
+        return sum(math.prod(parameter.shape) for parameter in self.parameters())
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host NumPy copies of every parameter and buffer, by qualified name."""
@@ -102,22 +188,24 @@ class Sequential:
             if value.dtype.kind not in "biuf":
                 raise TypeError(f"state[{name!r}] has dtype {value.dtype}; expected real numbers")
             host[name] = value
-        for index, layer in enumerate(self.layers):
+        for prefix, layer in self._walk():
             for name, parameter in layer.params.items():
-                parameter.value = self.backend.to_device(host[f"{index}.{name}"], self._dtype)
+                parameter.value = self.backend.to_device(host[f"{prefix}{name}"], self._dtype)
             for name in layer.buffers:
-                layer.buffers[name] = self.backend.to_device(host[f"{index}.{name}"], self._dtype)
+                layer.buffers[name] = self.backend.to_device(host[f"{prefix}{name}"], self._dtype)
 
-    def to(self, device: "str | Backend") -> "Sequential":
-        """Move parameters, gradients, optimiser state and buffers to ``device`` (in place; returns self)."""
+    def to(self, device: "str | Backend", dtype: str | None = None) -> "Sequential":
+        """Move parameters, gradients, optimiser state and buffers to ``device`` (in place; returns self), cast to
+        ``dtype`` (``"float32"``/``"float64"``) if given, else keeping the model's."""
+        self._require_built()
         target = get_backend(device)
-        target.dtype(self.dtype)  # raises before anything moves if the target lacks this dtype
-        source = self.backend
+        new_dtype = target.dtype(self.dtype if dtype is None else dtype)  # raises before anything moves
+        source, xp = self.backend, self.backend.xp
 
         def move(array: Any) -> Any:
-            return target.to_device(source.to_numpy(array), self._dtype_on(target, array))
+            return target.to_device(source.to_numpy(array), new_dtype if xp.isdtype(array.dtype, "real floating") else None)
 
-        for layer in self.layers:
+        for _, layer in self._walk():
             for parameter in layer.params.values():
                 parameter.value = move(parameter.value)
                 if parameter.has_grad:
@@ -125,13 +213,8 @@ class Sequential:
                 parameter.state = {k: move(v) for k, v in parameter.state.items()}
                 parameter.backend = target
             layer.buffers = {k: move(v) for k, v in layer.buffers.items()}
-            layer.backend, layer.dtype = target, target.dtype(self.dtype)
-        self.backend, self._dtype = target, target.dtype(self.dtype)
+            layer.place(target, new_dtype)
         return self
-
-    def _dtype_on(self, target: Backend, array: Any) -> Any:
-        xp = self.backend.xp
-        return target.dtype(self.dtype) if xp.isdtype(array.dtype, "real floating") else None
 
     @property
     def device(self) -> str:
@@ -140,15 +223,28 @@ class Sequential:
 
     # -- computing ------------------------------------------------------------------------------------------
     def as_input(self, x: Any) -> Any:
-        """``x`` on the model's device in its dtype, checked to be a 2-D batch that fits the first layer."""
-        if self.backend.owns(x) and x.dtype == self._dtype:  # the hot path: a batch already in place
+        """``x`` on the model's device in its dtype, checked to be a batch ``(N, *input_shape)``; an unbuilt model
+        is built for the batch's per-sample shape first."""
+        built = self._built_shape
+        if built is not None and self.backend.owns(x) and x.dtype == self._dtype:  # the hot path: a batch in place
             shape = x.shape
-            if len(shape) == 2 and shape[0] > 0 and (self.in_features is None or shape[1] == self.in_features):
+            if shape[1:] == built and len(shape) == len(built) + 1 and shape[0] > 0:
                 return x
         with self.backend.activate():
             array = to_backend(x, self.backend, self._dtype, what="input")
-        check_features(array, self.in_features, self._input_layer)
+        check_batch(array, self.input_shape, self._input_source())
+        if built is None:
+            self.build(tuple(array.shape[1:]))
         return array
+
+    def _input_source(self) -> str:
+        """Who requires the input shape, for error messages."""
+        if self._declared_shape is not None:
+            return f"the model (input_shape={self._declared_shape})"
+        shape, index = _declared_by(self.layers)
+        if shape is not None:
+            return f"layer {index} ({self.layers[index]!r})"
+        return f"the model (built for the per-sample shape {self._built_shape} of its first batch)"
 
     def forward(self, x: Any, training: bool = False) -> tuple[Any, Callable[..., Any]]:
         """Return ``(output, backward)``; ``backward(grad_output)`` accumulates every parameter's ``.grad``
@@ -198,13 +294,85 @@ class Sequential:
 
         return evaluate(self, x, y, loss, metrics, batch_size)
 
+    # -- describing -----------------------------------------------------------------------------------------
     def config(self) -> dict:
-        """The architecture as plain data: layer types and their constructor arguments, dtype."""
-        return {
-            "layers": [{"type": type(layer).__name__, "config": layer.config()} for layer in self.layers],
-            "dtype": self.dtype,
-        }
+        """The architecture as plain data: each layer's node (type and constructor arguments), and the declared
+        input shape. Device, dtype and seed are the outermost model's settings, not part of the architecture."""
+        described: dict[str, Any] = {"layers": [describe(layer) for layer in self.layers]}
+        if self._declared_shape is not None:
+            described["input_shape"] = list(self._declared_shape)
+        return described
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Sequential":
+        rest = dict(config)
+        nodes = rest.pop("layers", None)
+        if not isinstance(nodes, list):
+            raise ConfigurationError(f"a Sequential's config needs a list of layer nodes, got {nodes!r}")
+        return cls(*[layer_from_node(node, f"layer {index}") for index, node in enumerate(nodes)], **rest)
+
+    def summary(self) -> str:
+        """A table of every layer in the tree: dotted name, layer, per-sample output shape, trainable parameters
+        (a combinator's count includes its children's); then the input shape and the total."""
+        self._require_built()
+        rows = [("name", "layer", "output shape", "parameters")]
+
+        def visit(layer: Layer, depth: int, prefix: str) -> None:
+            shapes = layer.output_shapes()
+            for name, child in layer.children():
+                count = sum(math.prod(p.shape) for p in child.parameters())
+                shape = shapes.get(name)
+                rows.append(("  " * depth + f"{prefix}{name}", type(child).__name__,
+                             "?" if shape is None else str(shape), f"{count:,}"))
+                visit(child, depth + 1, f"{prefix}{name}.")
+
+        visit(self, 0, "")
+        widths = [max(len(row[column]) for row in rows) for column in range(4)]
+        lines = [f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}"
+                 for row in rows]
+        rule = "-" * len(lines[0])
+        return "\n".join([
+            f"Sequential on {self.device!r}, dtype {self.dtype}, input shape {self._built_shape} per sample",
+            rule, lines[0], rule, *lines[1:], rule,
+            f"trainable parameters: {self.count_params():,}",
+        ])
 
     def __repr__(self) -> str:
-        inner = ",\n".join(f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
-        return f"Sequential(\n{inner},\n  device={self.device!r}, dtype={self.dtype!r}\n)"
+        inner = ",\n".join(f"  ({i}) {layer!r}".replace("\n", "\n  ") for i, layer in enumerate(self.layers))
+        settings = "".join(f", {name}={value!r}" for name, value in
+                           (("input_shape", self._declared_shape), ("device", self.device), ("dtype", self.dtype))
+                           if value is not None)
+        return f"Sequential(\n{inner},\n  {settings[2:]}\n)"
+
+
+register_layer(Sequential)
+
+
+def _declared_by(layers: list[Layer]) -> tuple[Shape | None, int]:
+    """(the input shape declared by the first layer that declares one, its index), looking through layers that
+    keep their input's shape; (None, -1) when none does before a shape-changing layer."""
+    for index, layer in enumerate(layers):
+        shape = layer.input_shape
+        if shape is not None:
+            return tuple(shape), index
+        if not layer.keeps_shape:
+            break
+    return None, -1
+
+
+def _check_tree(model: Sequential) -> None:
+    """Refuse a layer object that appears twice in the tree, and settings given to an inner Sequential."""
+    seen: dict[int, str] = {}
+    for path, layer in model.named_layers():
+        if id(layer) in seen:
+            raise ConfigurationError(
+                f"the same layer object appears twice in Sequential (at {seen[id(layer)]} and {path}); "
+                "create a new one for each position"
+            )
+        seen[id(layer)] = path
+        if isinstance(layer, Sequential) and layer.settings:
+            given = ", ".join(f"{name}={value!r}" for name, value in layer.settings.items())
+            raise ConfigurationError(
+                f"layer {path} is a Sequential given {given}: an inner Sequential computes on the outer model's "
+                "device, dtype and seed; set them on the outermost Sequential only"
+            )

@@ -93,8 +93,8 @@ class _Snapshot:
             self.parameters = parameters
             self.buffers = [(layer, {k: _copy(backend, v, previous_buffers.get(id(layer), {}).get(k))
                                      for k, v in layer.buffers.items()})
-                            for layer in model.layers if layer.buffers]
-        self.random_states = [(layer, layer.random_state()) for layer in model.layers]
+                            for _, layer in model.named_layers() if layer.buffers]
+        self.random_states = [(layer, layer.random_state()) for _, layer in model.named_layers()]
         self.optimizer_state = self.optimizer.state_dict()
         return self
 
@@ -164,12 +164,7 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, An
     if len(raw.shape) == 0 or raw.shape[0] != samples:
         raise ShapeError(f"{what} inputs have {samples} samples but the targets have shape {tuple(raw.shape)}; "
                          "give one target (row) per sample")
-    if model.out_features is None:
-        with backend.activate():
-            outputs = model.predict(inputs[:1, ...]).shape[1]
-    else:
-        outputs = model.out_features
-    targets = loss.prepare_target(raw, backend, model._dtype, (samples, outputs))
+    targets = loss.prepare_target(raw, backend, model._dtype, (samples, *model.output_shape))
     return inputs, targets
 
 

@@ -1,4 +1,4 @@
-"""Layers: each ``forward(x, training)`` returns ``(y, backward)``; see ``base.Layer``."""
+"""Layers: each ``forward(x, training)`` returns ``(y, backward)``; see ``base.Layer`` for the whole contract."""
 
 from backprop.layers.activations import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from backprop.layers.base import Layer
@@ -6,18 +6,14 @@ from backprop.layers.batchnorm import BatchNorm1d
 from backprop.layers.dense import Dense
 from backprop.layers.dropout import Dropout
 from backprop.layers.layernorm import LayerNorm
+from backprop.layers.registry import LAYERS, register_layer
+from backprop.layers.reshape import Flatten, Reshape
+from backprop.layers.residual import Residual
 
-LAYERS: dict[str, type[Layer]] = {
-    cls.__name__: cls for cls in (Dense, Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax)
-}
-LAYERS.update({cls.__name__: cls for cls in (Dropout, BatchNorm1d, LayerNorm)})
-
-
-def register_layer(cls: type[Layer]) -> type[Layer]:
-    """Make a layer class known by name to checkpoints (usable as a decorator)."""
-    LAYERS[cls.__name__] = cls
-    return cls
-
+for _cls in (Dense, Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Dropout, BatchNorm1d, LayerNorm, Flatten, Reshape,
+             Residual):
+    register_layer(_cls)
+del _cls
 
 __all__ = ["Dense", "Identity", "LAYERS", "Layer", "LeakyReLU", "ReLU", "Sigmoid", "Softmax", "Tanh", "register_layer"]
-__all__ += ["BatchNorm1d", "Dropout", "LayerNorm"]
+__all__ += ["BatchNorm1d", "Dropout", "Flatten", "LayerNorm", "Reshape", "Residual"]

@@ -1,6 +1,7 @@
 """Element-wise activations (and softmax over features), each with its derivative beside it.
 
-Every backward here maps dL/dy = g to dL/dx; products are element-wise.
+Every backward here maps dL/dy = g to dL/dx; products are element-wise. Inputs may have any shape (N, *s) and
+the output keeps it (``keeps_shape``); softmax normalises over the last axis.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from backprop.layers.base import Layer
 class Identity(Layer):
     """y = x;  dx = g."""
 
+    keeps_shape = True
+
     def forward(self, x, training=False):
         return x, lambda dy, need_dx=True: dy
 
@@ -25,6 +28,8 @@ class Sigmoid(Layer):
     no exponential overflows (no warning, no inf), small outputs keep their relative precision, and no
     ``where`` is needed (NumPy runs it several times slower than arithmetic).
     """
+
+    keeps_shape = True
 
     def forward(self, x, training=False):
         y = sigmoid(self.backend.xp, x)
@@ -38,6 +43,8 @@ class Sigmoid(Layer):
 class Tanh(Layer):
     """y = tanh(x);  dx = g * (1 - y^2)."""
 
+    keeps_shape = True
+
     def forward(self, x, training=False):
         y = self.backend.xp.tanh(x)
         return y, lambda dy, need_dx=True: dy * (1.0 - y * y)
@@ -50,6 +57,8 @@ class ReLU(Layer):
     ``where``, which NumPy runs several times slower.
     """
 
+    keeps_shape = True
+
     def forward(self, x, training=False):
         xp = self.backend.xp
         positive = x > 0
@@ -59,6 +68,8 @@ class ReLU(Layer):
 
 class LeakyReLU(Layer):
     """y = x where x > 0, else a*x;  dx = g where x > 0, else a*g  (a = negative_slope)."""
+
+    keeps_shape = True
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
@@ -81,6 +92,8 @@ class Softmax(Layer):
     To train a classifier, prefer ``CrossEntropy(from_logits=True)`` on raw scores: it fuses softmax with the
     log-likelihood and is stable where softmax followed by a log is not.
     """
+
+    keeps_shape = True
 
     def forward(self, x, training=False):
         y = softmax(self.backend.xp, x)

@@ -1,28 +1,50 @@
-"""The layer protocol: ``forward(x, training) -> (y, backward)`` with ``backward(dy, need_dx=True) -> dx``.
+"""The layer contract: how a layer is built from a shape, computes, walks its children and describes itself.
 
-As in Thinc, what the backward pass needs is exactly what the closure captures: no stale state on the layer.
-``backward`` accumulates the gradients of the layer's parameters and returns dL/dx (or ``None`` when the caller
-says it does not need it: the first layer of a network skips one matrix product that way).
+Computing (as in Thinc): ``forward(x, training) -> (y, backward)`` and ``backward(dy, need_dx=True) -> dx``.
+``x`` is a batch ``(N, *input_shape)`` of any rank. What the backward pass needs is exactly what the closure
+captures: no stale state on the layer. ``backward`` accumulates the gradients of the layer's parameters and
+returns dL/dx (or ``None`` when the caller says it does not need it: the first layer of a network skips one
+matrix product that way).
 
-A layer is built once by its model: ``build(in_features, backend, dtype, rng)`` creates its parameters on the
-backend from host draws of ``rng`` and returns its output width. ``config()`` describes the layer as plain data
-(its class name and constructor arguments), which is how checkpoints rebuild a model without code.
-A layer that draws random numbers on the host (`Dropout`) exposes its generator's state as JSON data through
-``random_state()`` / ``set_random_state(state)``, so checkpoints and ``fit``'s divergence restore keep it.
+Building: ``build(input_shape, backend, dtype, rng) -> output_shape``, with per-sample shapes (no batch axis):
+``Dense(3, 4)`` is built from ``(3,)`` and returns ``(4,)``; ``Flatten()`` from ``(2, 3, 4)`` returns ``(24,)``;
+element-wise layers return the shape they are given. A model always calls it with a known shape: `Sequential`
+defers building until it knows the shape (from its ``input_shape=``, else from the first layer that declares one,
+else from the first batch), before any arithmetic. ``build`` creates the parameters on ``backend`` from host draws
+of ``rng`` with ``add_parameter(name, host_value)`` and the non-trainable state in ``self.buffers`` (a dict of
+device arrays, e.g. running statistics). A layer whose input does not fit raises `ShapeError` naming the layer,
+both shapes and a fix (``shape_mismatch`` writes that message). Building again rebuilds from scratch.
+
+``input_shape`` is the per-sample input shape a layer requires when it knows it fully (``Dense``: ``(in_features,)``),
+else ``None``; ``keeps_shape`` says that the output has the input's shape (activations, dropout, normalisation),
+which lets a model look through such layers for the first one that declares its input shape.
+
+The tree: a layer may hold child layers (``children()`` yields ``(name, child)``); ``named_layers``,
+``named_parameters`` and ``named_buffers`` walk the tree depth first, a layer's own entries before its
+children's, with dotted names: a child's entries are prefixed by its name and a dot (``"0.weight"``,
+``"3.inner.0.weight"``). Checkpoints, device moves, ``zero_grad`` and gradient checks all use these walks.
+
+Describing: ``config()`` is the layer as plain data (its constructor arguments), and ``from_config(config)``
+rebuilds it (``cls(**config)`` unless a combinator overrides it), which is how checkpoints rebuild a model
+without code. A layer that draws random numbers on the host (`Dropout`) exposes its generator's state as JSON
+data through ``random_state()`` / ``set_random_state(state)``, so checkpoints and ``fit``'s divergence restore
+keep it. Layers pickle and deep-copy: device arrays travel as host copies and come back on the same backend.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, ContextManager
+import math
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 
-from backprop.errors import ConfigurationError
+from backprop.errors import ConfigurationError, ShapeError
 from backprop.parameter import Parameter
 
 Backward = Callable[..., Any]
+Shape = tuple[int, ...]
 
 
 def _in_device_context(forward: Callable) -> Callable:
@@ -46,16 +68,20 @@ def _in_device_context(forward: Callable) -> Callable:
 
 
 class Layer:
-    """Base class. Subclasses set ``in_features`` when they require a given input width (else ``None``).
+    """Base class. A subclass that requires a given input width sets ``in_features`` (then ``input_shape`` is
+    ``(in_features,)``) or overrides ``input_shape``; one whose output has its input's shape sets ``keeps_shape``.
 
     Every subclass's ``forward``, and the ``backward`` it returns, run inside the layer's device context
-    (``backend.activate()``), so a layer called on its own works on a GPU that is not the current one."""
+    (``backend.activate()``), so a layer called on its own works on a GPU that is not the current one (a subclass
+    that enters the context itself sets ``enters_device_context = True``)."""
 
     in_features: int | None = None
+    keeps_shape: bool = False
+    enters_device_context: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__:
+        if "forward" in cls.__dict__ and not cls.__dict__.get("enters_device_context", False):
             cls.forward = _in_device_context(cls.__dict__["forward"])
 
     def __init__(self) -> None:
@@ -64,11 +90,26 @@ class Layer:
         self.backend = None
         self.dtype = None
 
+    @property
+    def input_shape(self) -> Shape | None:
+        """The per-sample input shape this layer requires, when it knows it fully; else ``None``."""
+        return None if self.in_features is None else (self.in_features,)
+
     # -- building -------------------------------------------------------------------------------------------
-    def build(self, in_features: int | None, backend: Any, dtype: Any, rng: np.random.Generator) -> int | None:
-        """Create parameters on ``backend``; return the output width (``in_features`` for shape-preserving layers)."""
+    def build(self, input_shape: Shape, backend: Any, dtype: Any, rng: np.random.Generator) -> Shape:
+        """Check the input shape, place the layer on ``backend``, start with no parameters or buffers, and return
+        the output shape (the input shape here; layers with parameters create them after calling this)."""
+        input_shape = tuple(input_shape)
+        expected = self.input_shape
+        if expected is not None and tuple(expected) != input_shape:
+            raise shape_mismatch(repr(self), tuple(expected), input_shape, "its input has")
+        self.place(backend, dtype)
+        self.params, self.buffers = {}, {}
+        return input_shape
+
+    def place(self, backend: Any, dtype: Any) -> None:
+        """Record the backend and dtype the layer computes with (``build`` and ``model.to`` call it)."""
         self.backend, self.dtype = backend, dtype
-        return in_features
 
     def add_parameter(self, name: str, host_value: np.ndarray) -> Parameter:
         parameter = Parameter(name, self.backend.to_device(host_value, self.dtype), self.backend)
@@ -77,7 +118,7 @@ class Layer:
 
     # -- computing ------------------------------------------------------------------------------------------
     def forward(self, x: Any, training: bool = False) -> tuple[Any, Backward]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(x, training) -> (y, backward)")
 
     def fixed_randomness(self) -> ContextManager:
         """Context in which repeated training forwards reuse the same random draws (e.g. dropout masks), so
@@ -95,11 +136,95 @@ class Layer:
         fit this layer (and then change nothing)."""
         raise ValueError(f"{type(self).__name__} draws no random numbers, so it has no random state to restore")
 
+    # -- the tree -------------------------------------------------------------------------------------------
+    def children(self) -> Iterator[tuple[str, "Layer"]]:
+        """``(name, child)`` for each direct child layer (none here; combinators override this)."""
+        return iter(())
+
+    def output_shapes(self) -> dict[str, Shape]:
+        """Per-sample output shape of each child by name, once built (for ``summary()``; none here)."""
+        return {}
+
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, "Layer"]]:
+        """Every layer below this one, depth first, with its dotted path (``"3"``, ``"3.inner"``, ``"3.inner.0"``)."""
+        for name, child in self.children():
+            path = f"{prefix}{name}"
+            yield path, child
+            yield from child.named_layers(f"{path}.")
+
+    def _walk(self) -> Iterator[tuple[str, "Layer"]]:
+        """This layer (prefix ``""``) and every layer below it, each with the prefix of its entries' names."""
+        yield "", self
+        for path, layer in self.named_layers():
+            yield f"{path}.", layer
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        for prefix, layer in self._walk():
+            for name, parameter in layer.params.items():
+                yield f"{prefix}{name}", parameter
+
+    def parameters(self) -> list[Parameter]:
+        """Trainable parameters in tree order."""
+        return [parameter for _, parameter in self.named_parameters()]
+
+    def named_buffers(self) -> Iterator[tuple[str, Any]]:
+        """Non-trainable state (e.g. batch-norm running statistics), by dotted name."""
+        for prefix, layer in self._walk():
+            for name, value in layer.buffers.items():
+                yield f"{prefix}{name}", value
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters():
+            parameter.zero_grad()
+
     # -- describing -----------------------------------------------------------------------------------------
     def config(self) -> dict:
-        """Constructor arguments as JSON-able data; ``type(self)(**config())`` rebuilds the layer."""
+        """Constructor arguments as JSON-able data; ``type(self).from_config(config())`` rebuilds the layer."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        """A new, unbuilt layer from ``config()``'s data."""
+        return cls(**config)
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({arguments})"
+
+
+def shape_mismatch(who: str, expected: Shape, got: Shape, source: str) -> ShapeError:
+    """The `ShapeError` for a layer ``who`` that requires per-sample shape ``expected`` but receives ``got`` from
+    ``source`` ("its input has", "the layer before it produces"), with the fix where one is plain: a Flatten or a Reshape
+    when only the arrangement differs."""
+    if len(expected) == 1 and len(got) == 1:
+        message = f"{who} expects {expected[0]} input features, but {source} {got[0]} (per-sample shapes " \
+                  f"{expected} and {got})"
+    else:
+        message = f"{who} expects per-sample input shape {expected}, but {source} {got}"
+    if math.prod(expected) == math.prod(got):
+        if len(expected) == 1:
+            message += "; insert bp.Flatten() before it"
+        else:
+            message += f"; insert bp.Reshape({expected}) before it"
+    return ShapeError(message)
+
+
+def as_shape(shape: Any, what: str, inferred_ok: bool = False) -> Shape:
+    """``shape`` as a tuple of positive ints (one -1 allowed with ``inferred_ok``), else `ConfigurationError`
+    naming ``what``."""
+    entries = list(shape) if isinstance(shape, (tuple, list)) else None
+    valid = entries is not None and len(entries) > 0 and all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and (n > 0 or (inferred_ok and n == -1))
+        for n in entries)
+    if not valid or (inferred_ok and entries.count(-1) > 1):
+        allowed = "positive sizes with at most one -1 (inferred)" if inferred_ok else "positive sizes"
+        raise ConfigurationError(f"{what} must be a per-sample shape of {allowed}, such as (1, 8, 8), got {shape!r}")
+    return tuple(int(n) for n in entries)
+
+
+def dtype_name(backend: Any, dtype: Any) -> str:
+    """``"float32"`` or ``"float64"``: the name of ``backend``'s namespace dtype ``dtype``."""
+    for name in ("float32", "float64"):
+        if backend.supports(name) and backend.dtype(name) == dtype:
+            return name
+    raise ValueError(f"{dtype!r} is not a floating dtype of {backend!r}")

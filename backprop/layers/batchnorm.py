@@ -39,15 +39,17 @@ class BatchNorm1d(Layer):
             raise ValueError(f"BatchNorm1d eps must be positive, got {eps!r}")
         self.momentum, self.eps, self.affine = float(momentum), float(eps), bool(affine)
 
-    def build(self, in_features, backend, dtype, rng):
-        super().build(in_features, backend, dtype, rng)
+    keeps_shape = True
+
+    def build(self, input_shape, backend, dtype, rng):
+        super().build(input_shape, backend, dtype, rng)
         shape = (self.num_features,)
         self.buffers["running_mean"] = backend.to_device(np.zeros(shape), dtype)
         self.buffers["running_var"] = backend.to_device(np.ones(shape), dtype)
         if self.affine:
             self.add_parameter("weight", np.ones(shape))
             self.add_parameter("bias", np.zeros(shape))
-        return self.num_features
+        return (self.num_features,)
 
     def forward(self, x: Any, training: bool = False):
         xp = self.backend.xp

@@ -1,6 +1,6 @@
 """Dense (fully connected) layer: y = x @ W + b.
 
-Shapes: x (n, in), W (in, out) as in the seeds' tutorials, b (out,), y (n, out).
+Shapes: x (n, in), per-sample shape (in,) -> (out,); W (in, out) as in the seeds' tutorials, b (out,), y (n, out).
 Gradients, given dL/dy = g:  dL/dW = x.T @ g,  dL/db = sum over the batch of g,  dL/dx = g @ W.T.
 """
 
@@ -40,14 +40,14 @@ class Dense(Layer):
         self.bias = bool(bias)
         self.init, self.bias_init = init, bias_init
 
-    def build(self, in_features, backend, dtype, rng):
-        super().build(in_features, backend, dtype, rng)
+    def build(self, input_shape, backend, dtype, rng):
+        super().build(input_shape, backend, dtype, rng)
         shape = (self.in_features, self.out_features)
         fan_in, fan_out = shape
         self.add_parameter("weight", initialisers.get(self.init)(rng, shape, fan_in, fan_out))
         if self.bias:
             self.add_parameter("bias", initialisers.get(self.bias_init)(rng, (self.out_features,), fan_in, fan_out))
-        return self.out_features
+        return (self.out_features,)
 
     def forward(self, x: Any, training: bool = False):
         weight = self.params["weight"]

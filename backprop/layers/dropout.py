@@ -42,10 +42,12 @@ class Dropout(Layer):
         self._generator: np.random.Generator | None = None
         self._fixed = False
 
-    def build(self, in_features, backend, dtype, rng):
-        super().build(in_features, backend, dtype, rng)
+    keeps_shape = True
+
+    def build(self, input_shape, backend, dtype, rng):
+        output_shape = super().build(input_shape, backend, dtype, rng)
         self._generator = np.random.default_rng(self.seed) if self.seed is not None else rng.spawn(1)[0]
-        return in_features
+        return output_shape
 
     @contextlib.contextmanager
     def fixed_randomness(self) -> Iterator["Dropout"]:

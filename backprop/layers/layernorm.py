@@ -28,12 +28,14 @@ class LayerNorm(Layer):
             raise ValueError(f"LayerNorm eps must be positive, got {eps!r}")
         self.eps, self.elementwise_affine = float(eps), bool(elementwise_affine)
 
-    def build(self, in_features, backend, dtype, rng):
-        super().build(in_features, backend, dtype, rng)
+    keeps_shape = True
+
+    def build(self, input_shape, backend, dtype, rng):
+        super().build(input_shape, backend, dtype, rng)
         if self.elementwise_affine:
             self.add_parameter("weight", np.ones((self.num_features,)))
             self.add_parameter("bias", np.zeros((self.num_features,)))
-        return self.num_features
+        return (self.num_features,)
 
     def forward(self, x: Any, training: bool = False):
         xp = self.backend.xp

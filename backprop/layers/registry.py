@@ -1,0 +1,48 @@
+"""The layer registry: layer classes by name, and the one function that rebuilds a layer from its description.
+
+A layer is described as plain data, ``{"type": "Dense", "config": {...}}`` (a *node*); combinators (`Sequential`,
+`Residual`) hold their children's nodes in their config, so a whole model is a tree of nodes. Checkpoints only
+name classes registered here: nothing is imported or executed on load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backprop.errors import ConfigurationError
+from backprop.layers.base import Layer
+
+LAYERS: dict[str, type[Layer]] = {}
+
+
+def register_layer(cls: type[Layer]) -> type[Layer]:
+    """Make a layer class known by name to checkpoints (usable as a decorator); returns the class.
+
+    The class must implement ``config()`` (its constructor arguments as JSON data) unless its constructor takes
+    none; see the README's "Writing a layer".
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer takes a subclass of bp.Layer, got {cls!r}")
+    LAYERS[cls.__name__] = cls
+    return cls
+
+
+def describe(layer: Layer) -> dict:
+    """The node ``{"type": class name, "config": layer.config()}``."""
+    return {"type": type(layer).__name__, "config": layer.config()}
+
+
+def layer_from_node(node: Any, where: str = "layer") -> Layer:
+    """Rebuild an unbuilt layer from its node; `ConfigurationError` naming ``where`` if that is impossible."""
+    if not isinstance(node, dict) or not isinstance(node.get("config", {}), dict):
+        raise ConfigurationError(f"{where} is described as {node!r}, not as {{'type': ..., 'config': {{...}}}}")
+    kind = node.get("type")
+    if kind not in LAYERS:
+        raise ConfigurationError(
+            f"{where} has unknown type {kind!r}; known: {', '.join(sorted(LAYERS))}. A layer class of your own "
+            "must be registered with bp.register_layer before loading"
+        )
+    try:
+        return LAYERS[kind].from_config(node.get("config", {}))
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(f"{where} ({kind}) cannot be rebuilt from {node.get('config')!r}: {error}") from None
