@@ -43,10 +43,8 @@ def constant(value: float, like: Any) -> Any:
     (``maximum = _two_arg(torch.maximum, scalar_x1=True, scalar_x2=True)`` and ``_scalar_to_tensor`` in
     ``array_api_compat/torch/_aliases.py``, 1.16). It also replaces ``clip``, whose generic form (used for CuPy)
     writes through boolean masks and so reads the mask's count on the host (``common/_aliases.py``)."""
-    from array_api_compat import device as device_of
-
-    device = device_of(like)
-    key = (type(like), str(like.dtype), str(device), value)
+    device = getattr(like, "device", None)  # NumPy >= 2, CuPy, torch, array-api-strict; None on NumPy 1.26
+    key = (type(like), like.dtype, str(device), value)
     array = _CONSTANTS.get(key)
     if array is None:
         array = _CONSTANTS[key] = namespace_of(like).asarray(value, dtype=like.dtype, device=device)

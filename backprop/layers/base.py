@@ -55,7 +55,10 @@ def _in_device_context(forward: Callable) -> Callable:
     def forward_in_context(self: "Layer", x: Any, training: bool = False) -> tuple[Any, Backward]:
         if self.backend is None:
             raise ConfigurationError(f"{type(self).__name__} is not built yet: put it in a Sequential first")
-        with self.backend.activate():
+        context = self.backend.activate()
+        if isinstance(context, contextlib.nullcontext):  # a backend without a device context: nothing to wrap
+            return forward(self, x, training)
+        with context:
             y, backward = forward(self, x, training)
 
         def backward_in_context(dy: Any, need_dx: bool = True) -> Any:
