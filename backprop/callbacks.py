@@ -4,13 +4,55 @@
 ``on_epoch_end(epoch, logs)`` with ``logs`` the epoch's metrics as floats (``"loss"``, ``"val_loss"``, ...);
 finally ``on_train_end(logs)``. A callback stops training by setting ``model.stop_training = True`` (the
 model it was given in ``on_train_begin``), as in Keras. ``epoch`` counts from 0.
+
+Differences from Keras's ``keras.callbacks.Callback``: ``on_train_begin`` receives the model (Keras passes
+``logs`` and sets ``self.model`` beforehand), ``on_epoch_begin`` receives no ``logs``, and there are no per-batch
+hooks. A Keras callback therefore does not fit as it is: subclass `Callback` and override the hooks you need.
+
+Callbacks that watch a logged value (`EarlyStopping`, `backprop.ModelCheckpoint`) need to know whether it should
+go up or down: ``mode="auto"`` infers it from the name with `monitor_mode` (accuracy-like names go up, loss-like
+names go down) and logs the choice on the ``"backprop"`` logger; a name it cannot classify must be given a mode.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from backprop.errors import ConfigurationError
+from backprop.validation import choice, flag, instance, integer, number
+
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
+_HIGHER_IS_BETTER = {"accuracy", "acc", "auc", "precision", "recall", "f1", "fbeta", "r2", "iou", "dice", "score"}
+_LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse", "error", "entropy", "crossentropy", "perplexity", "hinge"}
+logger = logging.getLogger("backprop")
+
+
+def monitor_mode(monitor: str, mode: str, owner: str) -> str:
+    """``"max"`` or ``"min"``: ``mode`` itself, or for ``mode="auto"`` the direction the name implies.
+
+    The name is split into words at non-alphanumeric characters (``"val_accuracy"``: "val", "accuracy"):
+    a word such as accuracy, acc, auc, precision, recall or f1 means higher is better ("max"); loss, mse, mae,
+    error or entropy means lower is better ("min"). A name with neither raises `ConfigurationError`.
+    """
+    instance(monitor, str, f"{owner} monitor", "the name of a logged value such as 'val_loss'")
+    choice(mode, f"{owner} mode", ("auto", "min", "max"))
+    if mode != "auto":
+        return mode
+    words = set(re.split(r"[^a-z0-9]+", monitor.lower()))
+    if words & _HIGHER_IS_BETTER and not words & _LOWER_IS_BETTER:
+        inferred = "max"
+    elif words & _LOWER_IS_BETTER and not words & _HIGHER_IS_BETTER:
+        inferred = "min"
+    else:
+        raise ConfigurationError(
+            f"{owner} cannot tell whether {monitor!r} should go up or down; pass mode='max' (higher is better) "
+            "or mode='min' (lower is better)"
+        )
+    logger.info("%s monitors %r with mode=%r (%s is better)", owner, monitor, inferred,
+                "higher" if inferred == "max" else "lower")
+    return inferred
 
 
 class Callback:
@@ -32,22 +74,18 @@ class Callback:
 class EarlyStopping(Callback):
     """Stop training after ``patience`` epochs in a row (at least one) in which ``monitor`` did not improve.
 
-    Improvement (mode "min"): value < best - min_delta; mode "max": value > best + min_delta; "auto" picks "max"
-    for names containing "accuracy" and "min" otherwise. With ``restore_best`` the model gets back, when training
+    Improvement (mode "min"): value < best - min_delta; mode "max": value > best + min_delta; "auto" infers the
+    direction from the name (see `monitor_mode`). With ``restore_best`` the model gets back, when training
     ends, the parameters of its best epoch (host copies taken by ``model.state_dict()`` at each improvement).
     After training: ``best`` (the best value), ``best_epoch`` and ``stopped_epoch`` (None if it never stopped).
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
                  restore_best: bool = False, mode: str = "auto") -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ConfigurationError(f"patience must be an integer >= 0, got {patience!r}")
-        if not min_delta >= 0:
-            raise ConfigurationError(f"min_delta must be >= 0, got {min_delta!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ConfigurationError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, float(min_delta), restore_best
-        self.mode = ("max" if "accuracy" in monitor else "min") if mode == "auto" else mode
+        self.patience = integer(patience, "patience", low=0)
+        self.min_delta = number(min_delta, "min_delta", low=0.0)
+        self.monitor, self.restore_best = monitor, flag(restore_best, "restore_best")
+        self.mode = monitor_mode(monitor, mode, "EarlyStopping")
 
     def on_train_begin(self, model: Any) -> None:
         super().on_train_begin(model)

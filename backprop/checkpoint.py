@@ -48,8 +48,10 @@ from typing import Any, Iterable, Mapping, Union
 import numpy as np
 
 from backprop.backends import Backend
-from backprop.callbacks import Callback
+from backprop.callbacks import Callback, monitor_mode
 from backprop.errors import CheckpointError, ConfigurationError, ShapeError
+from backprop.optim.base import Optimizer
+from backprop.validation import choice, flag, instance
 
 MAGIC = b"\x89BPCKPT\n"
 FORMAT_VERSION = 1
@@ -470,18 +472,21 @@ class ModelCheckpoint(Callback):
 
     ``path`` may contain ``{epoch}`` (counted from 0, as ``fit`` counts) and any log key (``{val_loss:.4f}``).
     With ``save_best_only`` the file is written only when ``logs[monitor]`` improves on the best so far
-    (lower for ``mode="min"``, higher for ``mode="max"``); a NaN never counts as an improvement, so a diverging
+    (lower for ``mode="min"``, higher for ``mode="max"``; ``mode="auto"`` infers the direction from the name,
+    accuracy-like up and loss-like down, see `backprop.callbacks.monitor_mode`); a NaN never counts as an improvement, so a diverging
     run leaves the last good checkpoint intact. Each file's ``extra`` holds ``{"epoch": ..., "logs": {...}}``.
     """
 
-    def __init__(self, path: PathLike, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "min",
+    def __init__(self, path: PathLike, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
                  optimizer: Any = None) -> None:
-        if mode not in ("min", "max"):
-            raise ConfigurationError(f"ModelCheckpoint mode must be 'min' or 'max', got {mode!r}")
-        self.path = os.fspath(path)
-        self.monitor, self.save_best_only, self.mode = monitor, bool(save_best_only), mode
-        self.optimizer = optimizer
-        self.best = math.inf if mode == "min" else -math.inf
+        self.save_best_only = flag(save_best_only, "save_best_only")
+        self.mode = monitor_mode(monitor, mode, "ModelCheckpoint") if self.save_best_only \
+            else choice(mode, "ModelCheckpoint mode", ("auto", "min", "max"))
+        self.path = os.fspath(instance(path, (str, os.PathLike), "ModelCheckpoint path", "a file name such as 'best.bpk'"))
+        if optimizer is not None:
+            instance(optimizer, Optimizer, "ModelCheckpoint optimizer", "the optimiser given to fit (or None)")
+        self.monitor, self.optimizer = monitor, optimizer
+        self.best = -math.inf if self.mode == "max" else math.inf
         self.last_saved: Path | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:

@@ -47,3 +47,22 @@ class CheckpointError(BackpropError, ValueError):
 
 class GradientCheckError(BackpropError, AssertionError):
     """Analytic gradients disagree with finite differences."""
+
+
+class ArgumentTypeError(ConfigurationError, TypeError):
+    """An argument of the wrong kind: a string where a number belongs, a model where its parameters belong."""
+
+
+class CastOverflowError(BackpropError, OverflowError):
+    """Finite data too large for the model's dtype: casting them (float64 to float32) would give infinities."""
+
+
+class StateMismatchError(BackpropError, KeyError):
+    """A state dict whose names do not fit the model (missing or unexpected entries)."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted, as if it were a key
+        return str(self.args[0]) if self.args else ""
+
+
+class LossActivationWarning(UserWarning):
+    """The model's last layer and the loss disagree about logits (e.g. a Softmax before CrossEntropy(from_logits=True))."""

@@ -26,6 +26,9 @@ from typing import Callable
 
 import numpy as np
 
+from backprop.errors import ConfigurationError
+from backprop.validation import number
+
 Initialiser = Callable[[np.random.Generator, tuple, int, int], np.ndarray]
 
 
@@ -41,7 +44,7 @@ def ones(rng: np.random.Generator, shape: tuple, fan_in: int, fan_out: int) -> n
 
 def constant(value: float) -> Initialiser:
     """An initialiser filling every element with ``value``."""
-    value = float(value)
+    value = number(value, "constant's value")
 
     def fill(rng: np.random.Generator, shape: tuple, fan_in: int, fan_out: int) -> np.ndarray:
         return np.full(shape, value)
@@ -51,9 +54,7 @@ def constant(value: float) -> Initialiser:
 
 def normal(std: float = 0.05, mean: float = 0.0) -> Initialiser:
     """An initialiser drawing from N(mean, std^2), whatever the fans."""
-    if not std >= 0:
-        raise ValueError(f"normal(std) needs std >= 0, got {std!r}")
-    std, mean = float(std), float(mean)
+    std, mean = number(std, "normal's std", low=0.0), number(mean, "normal's mean")
 
     def draw(rng: np.random.Generator, shape: tuple, fan_in: int, fan_out: int) -> np.ndarray:
         return rng.normal(mean, std, size=shape)
@@ -63,9 +64,7 @@ def normal(std: float = 0.05, mean: float = 0.0) -> Initialiser:
 
 def uniform(a: float = 0.05) -> Initialiser:
     """An initialiser drawing from U(-a, a), whatever the fans."""
-    if not a >= 0:
-        raise ValueError(f"uniform(a) needs a >= 0, got {a!r}")
-    a = float(a)
+    a = number(a, "uniform's bound a", low=0.0)
 
     def draw(rng: np.random.Generator, shape: tuple, fan_in: int, fan_out: int) -> np.ndarray:
         return rng.uniform(-a, a, size=shape)
@@ -128,6 +127,6 @@ def get(init: "str | Initialiser") -> Initialiser:
     """Resolve an initialiser given by name or as a callable."""
     if callable(init):
         return init
-    if init not in INITIALISERS:
-        raise ValueError(f"unknown initialiser {init!r}; known: {', '.join(sorted(INITIALISERS))}, or pass a callable")
+    if not isinstance(init, str) or init not in INITIALISERS:
+        raise ConfigurationError(f"unknown initialiser {init!r}; known: {', '.join(sorted(INITIALISERS))}, or pass a callable")
     return INITIALISERS[init]

@@ -11,21 +11,30 @@ Mean reduction averages over every element for MSE and binary cross-entropy, ove
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 from array_api_compat import device as _device_of
 
 from backprop.data import constant, host_array, namespace_of as _namespace, to_backend
-from backprop.errors import ConfigurationError, ShapeError, TargetError
+from backprop.errors import ConfigurationError, LossActivationWarning, ShapeError, TargetError
+from backprop.validation import choice, flag
 from backprop.layers.activations import sigmoid
 
 _LOG_FLOOR = -100.0  # PyTorch clamps log-probabilities here, so log(0) gives a large finite loss, not inf
 _EPS = 1e-12  # PyTorch's floor for p(1-p) in the probability-space BCE gradient
+ROW_SUM_TOLERANCE = 1e-4  # |sum_k t_k - 1| allowed in CrossEntropy probability rows: far above float32 rounding
 
 
 class Loss:
-    """Base class: subclasses implement ``value_and_grad``; ``__call__`` returns only the value."""
+    """Base class: subclasses implement ``value_and_grad``; ``__call__`` returns only the value.
+
+    ``from_logits`` tells whether the loss expects raw scores (logits) rather than probabilities or values;
+    metrics such as accuracy and ``fit``'s check of the last layer read it.
+    """
+
+    from_logits: bool = False
 
     def __call__(self, prediction: Any, target: Any) -> Any:
         return self.value_and_grad(prediction, target)[0]
@@ -54,6 +63,32 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
+def warn_if_activation_mismatch(model: Any, loss: Loss) -> None:
+    """Warn (`LossActivationWarning`) when the model's last layer and the loss disagree about logits: a Softmax
+    before ``CrossEntropy(from_logits=True)`` or a Sigmoid before ``BinaryCrossEntropy(from_logits=True)`` applies
+    the squashing twice and trains a worse model; a loss with ``from_logits=False`` after any other last layer
+    takes raw scores for probabilities."""
+    from backprop.layers.activations import Sigmoid, Softmax
+
+    expected = {CrossEntropy: Softmax, BinaryCrossEntropy: Sigmoid}.get(type(loss))
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    while getattr(last, "layers", None):  # a container's output is its last layer's
+        last = last.layers[-1]
+    if expected is None or last is None:
+        return
+    name, activation = type(loss).__name__, expected.__name__
+    if loss.from_logits and isinstance(last, expected):
+        warnings.warn(
+            f"the model ends with {activation} and {name}(from_logits=True) applies {activation.lower()} again: "
+            f"remove the final {activation} layer (recommended: the fused loss is stable) or use "
+            f"{name}(from_logits=False)", LossActivationWarning, stacklevel=3)
+    elif not loss.from_logits and not isinstance(last, expected):
+        warnings.warn(
+            f"{name}(from_logits=False) expects probabilities, but the model ends with {type(last).__name__}, "
+            f"whose outputs are raw scores: use {name}(from_logits=True) (recommended) or end the model with "
+            f"{activation}", LossActivationWarning, stacklevel=3)
+
+
 def _reduce(xp: Any, elementwise: Any, reduction: str) -> tuple[Any, float]:
     """(reduced value, the factor that scales the element-wise gradient)."""
     if reduction == "mean":
@@ -68,11 +103,15 @@ def _host_weights(weights: Any, label: str, ndim: tuple[int, ...]) -> np.ndarray
     """Validated float64 host copy of per-class weights (``None`` stays ``None``)."""
     if weights is None:
         return None
-    host = np.array(host_array(weights, label), dtype=np.float64, copy=True)
+    given = host_array(weights, label)  # a device array raises DeviceError here
+    try:
+        host = np.array(given, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(f"{label} must be numbers (one per class), got {weights!r}: {error}") from None
     if host.ndim not in ndim:
         raise ShapeError(f"{label} must have {' or '.join(map(str, ndim))} dimension(s), got shape {host.shape}")
     if not np.all(np.isfinite(host)) or np.any(host < 0):
-        raise ValueError(f"{label} must be finite and non-negative, got {host}")
+        raise ConfigurationError(f"{label} must be finite and non-negative, got {host}")
     return host
 
 
@@ -109,9 +148,7 @@ def _prepared(target: Any, backend: Any, dtype: Any, output_shape: tuple) -> boo
 
 
 def _check_reduction(reduction: str) -> str:
-    if reduction not in ("mean", "sum"):
-        raise ConfigurationError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    return reduction
+    return choice(reduction, "reduction ('mean' or 'sum')", ("mean", "sum"))
 
 
 class MeanSquaredError(Loss):
@@ -144,7 +181,7 @@ class BinaryCrossEntropy(Loss):
     """
 
     def __init__(self, from_logits: bool = False, reduction: str = "mean", pos_weight: Any = None) -> None:
-        self.from_logits = bool(from_logits)
+        self.from_logits = flag(from_logits, "from_logits")
         self.reduction = _check_reduction(reduction)
         self.pos_weight = _host_weights(pos_weight, "BinaryCrossEntropy pos_weight", (0, 1))
         self._device_weights: dict = {}
@@ -198,13 +235,14 @@ class CrossEntropy(Loss):
     """
 
     def __init__(self, from_logits: bool = True, reduction: str = "mean", weight: Any = None) -> None:
-        self.from_logits = bool(from_logits)
+        self.from_logits = flag(from_logits, "from_logits")
         self.reduction = _check_reduction(reduction)
         self.weight = _host_weights(weight, "CrossEntropy weight", (1,))
         self._device_weights: dict = {}
 
     def prepare_target(self, target, backend, dtype, output_shape):
         if _prepared(target, backend, dtype, output_shape):  # rows of probabilities already in place
+            self.check_values(target, backend)
             return target
         with backend.activate():
             return self._one_hot_or_rows(target, backend, dtype, output_shape)
@@ -234,7 +272,24 @@ class CrossEntropy(Loss):
                 f"CrossEntropy targets have shape {tuple(y.shape)}; give class indices of shape ({n},) "
                 f"or one-hot rows of shape ({n}, {classes})"
             )
-        return xp.astype(y, dtype) if not xp.isdtype(y.dtype, "real floating") else y
+        y = xp.astype(y, dtype) if not xp.isdtype(y.dtype, "real floating") or y.dtype != dtype else y
+        self.check_values(y, backend)
+        return y
+
+    def check_values(self, target, backend):
+        """Rows of probabilities: every entry >= 0 and every row summing to 1 (within ``ROW_SUM_TOLERANCE``)."""
+        xp = backend.xp
+        lowest = float(xp.min(target))
+        sums = xp.sum(target, axis=-1)
+        worst = float(xp.max(xp.abs(sums - 1.0)))
+        if lowest < 0 or not worst <= ROW_SUM_TOLERANCE:
+            problem = f"a negative entry ({lowest:g})" if lowest < 0 else \
+                f"a row summing to {float(sums[int(xp.argmax(xp.abs(sums - 1.0)))]):g}"
+            raise TargetError(
+                f"CrossEntropy target rows must be probabilities (entries >= 0, each row summing to 1), found "
+                f"{problem}; give class indices of shape (n,), one-hot rows, or normalise the rows "
+                "(rows / rows.sum(axis=1, keepdims=True))"
+            )
 
     def value_and_grad(self, prediction, target):
         xp = _namespace(prediction)

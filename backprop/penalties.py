@@ -15,19 +15,14 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from backprop.errors import ConfigurationError
-
-
-def _coefficient(value: float, label: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
-        raise ValueError(f"{label} coefficient must be a non-negative number, got {value!r}")
-    return float(value)
+from backprop.validation import number
 
 
 class Penalty:
     """R(w) = l1 * sum |w| + l2 * sum w^2 over the selected parameters;  dR/dw = l1 sign(w) + 2 l2 w."""
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0, parameters: Iterable[str] | None = None) -> None:
-        self.l1, self.l2 = _coefficient(l1, "l1"), _coefficient(l2, "l2")
+        self.l1, self.l2 = number(l1, "l1 coefficient", low=0.0), number(l2, "l2 coefficient", low=0.0)
         self.parameters = None if parameters is None else tuple(parameters)
 
     def selected(self, model: Any) -> list:

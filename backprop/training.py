@@ -23,7 +23,9 @@ the only transfer is the permutation (n integers) and the only host read is one 
 losses and metrics. Batch
 losses stay on the device, so the loop never waits for the device per batch.
 
-Divergence: a NaN or infinite loss is detected at the end of its epoch (that single host read). ``fit`` then
+Divergence: a NaN or infinite loss, or a NaN or infinite parameter after the epoch's last step (a step can
+overflow the weights while its loss was finite), is detected at the end of its epoch (that single host read
+holds one finiteness flag per parameter too), so every epoch starts from finite parameters. ``fit`` then
 restores the parameters, their optimiser slots (momentum, ...), the buffers, the layers' random states (dropout
 mask generators, so a retry of the epoch draws the same masks) and the optimiser's step count to their values at
 the start of that epoch, the last state known to be finite, and raises `DivergenceError` naming the epoch and the
@@ -37,15 +39,17 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from backprop.callbacks import HOOKS
 from backprop.data import check_finite, to_backend
-from backprop.errors import ConfigurationError, DivergenceError, ShapeError
+from backprop.errors import ArgumentTypeError, ConfigurationError, DivergenceError, ShapeError
 from backprop.gradients import loss_and_backward
-from backprop.losses import Loss
+from backprop.losses import Loss, warn_if_activation_mismatch
 from backprop.metrics import Metric, resolve
 from backprop.optim.base import Optimizer
 from backprop.penalties import Penalty
+from backprop.validation import choice, describe, flag, instance, integer, optional_list
+from backprop.validation import seed as checked_seed
 
-_HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
 
 
 class History:
@@ -146,12 +150,6 @@ class _Progress:
             self.bar.close()
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, Any]:
     """(inputs, prepared targets) on the model's device, checked for shape and NaN/inf; one copy each."""
     backend = model.backend
@@ -166,6 +164,17 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, An
                          "give one target (row) per sample")
     targets = loss.prepare_target(raw, backend, model._dtype, (samples, *model.output_shape))
     return inputs, targets
+
+
+_FINITE = "parameters finite"  # the per-epoch read's entry: 1 for each parameter with only finite values
+
+
+def _parameters_finite(model: Any) -> list:
+    """Per parameter a 0-d device array, 1 if every value is finite, else 0 (read with the epoch's losses, so the
+    next epoch's snapshot is only ever taken of finite parameters)."""
+    xp = model.backend.xp
+    with model.backend.activate():
+        return [xp.astype(xp.all(xp.isfinite(p.value)), model._dtype) for p in model.parameters()]
 
 
 def _bounds(samples: int, batch_size: int) -> list[tuple[int, int]]:
@@ -251,33 +260,36 @@ def fit(
     does, and the logged ``"loss"`` includes R(w) (validation losses and metrics do not). Every argument and the data are checked before the first step. On a NaN or infinite
     loss the state at the start of the epoch is restored and `DivergenceError` is raised (see the module doc).
     """
-    if not isinstance(loss, Loss):
-        raise TypeError(f"loss must be a backprop loss such as bp.losses.MeanSquaredError(), got {loss!r}")
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a backprop optimiser such as bp.optim.SGD(model.parameters(), lr=0.1), got {optimizer!r}")
+    instance(loss, Loss, "loss", "a backprop loss such as bp.losses.MeanSquaredError()")
+    instance(optimizer, Optimizer, "optimizer", "a backprop optimiser such as bp.optim.SGD(model.parameters(), lr=0.1)")
     owned = {id(p) for p in model.parameters()}
     if not all(id(p) in owned for p in optimizer.params):
         raise ConfigurationError("the optimiser updates parameters that are not this model's: build it with model.parameters()")
-    epochs = _positive_int(epochs, "epochs")
+    epochs = integer(epochs, "epochs")
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
             or not 0 <= initial_epoch < epochs:
         raise ConfigurationError(
             f"initial_epoch must be an integer in [0, epochs) = [0, {epochs}) (epochs is the final epoch when "
             f"resuming), got {initial_epoch!r}"
         )
-    if penalty is not None and not isinstance(penalty, Penalty):
-        raise TypeError(f"penalty must be a backprop penalty such as bp.penalties.L2(1e-4), got {penalty!r}")
-    if verbose not in (0, 1, 2):
-        raise ConfigurationError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (one line per epoch), got {verbose!r}")
-    callbacks = list(callbacks)
+    if penalty is not None:
+        instance(penalty, Penalty, "penalty", "a backprop penalty such as bp.penalties.L2(1e-4)")
+    choice(verbose, "verbose (0 silent, 1 progress bar, 2 one line per epoch)", (0, 1, 2))
+    callbacks = optional_list(callbacks, "callbacks", "objects with the bp.callbacks.Callback hooks")
     for callback in callbacks:
-        missing = [hook for hook in _HOOKS if not callable(getattr(callback, hook, None))]
+        missing = [hook for hook in HOOKS if not callable(getattr(callback, hook, None))]
         if missing:
-            raise TypeError(f"callback {callback!r} lacks {missing}; subclass backprop.callbacks.Callback")
-    named_metrics = resolve(metrics)
-    rng = np.random.default_rng(seed)
+            raise ArgumentTypeError(
+                f"callback {describe(callback)} lacks the hooks {missing}; subclass backprop.callbacks.Callback, "
+                "which defines every hook as a no-op (a Keras callback does not fit as it is: our on_train_begin "
+                "receives the model, on_epoch_begin no logs; see backprop.callbacks)"
+            )
+    named_metrics = resolve(metrics, loss)
+    shuffle = flag(shuffle, "shuffle")
+    rng = np.random.default_rng(checked_seed(seed))
+    warn_if_activation_mismatch(model, loss)
     if batch_size is not None:
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = integer(batch_size, "batch_size")
 
     inputs, targets = _prepare(model, x, y, loss, "training")
     samples = inputs.shape[0]
@@ -320,7 +332,7 @@ def fit(
                 batch_losses.append(loss_and_backward(model, loss, batch_inputs, batch_targets, penalty=penalty,
                                                       prepared=True))
                 optimizer.step()
-            series = {"loss": batch_losses}
+            series = {"loss": batch_losses, _FINITE: _parameters_finite(model)}
             if named_metrics:
                 series.update(_evaluate(model, inputs, targets, None, named_metrics, bounds))
             if validation is not None:
@@ -332,6 +344,10 @@ def fit(
                 snapshot.restore()
                 raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
                                   len(bounds), optimizer)
+            if not all(host.pop(_FINITE)):  # a step overflowed the weights although every loss was finite
+                snapshot.restore()
+                raise _divergence("the parameters became NaN or infinite", epoch, epochs, len(bounds) - 1,
+                                  len(bounds), optimizer)
             logs = {name: _weighted_mean(values, validation_sizes if name.startswith("val_") else sizes)
                     for name, values in host.items()}
             history.append(epoch, logs)
@@ -340,11 +356,6 @@ def fit(
                 callback.on_epoch_end(epoch, logs)
             if model.stop_training:
                 break
-        with backend.activate():
-            finite = all(bool(xp.all(xp.isfinite(p.value))) for p in model.parameters())
-        if not finite:  # the last step of the last epoch overflowed although its loss was finite
-            snapshot.restore()
-            raise _divergence("the parameters became NaN or infinite", epoch, epochs, len(bounds) - 1, len(bounds), optimizer)
     finally:
         progress.close()
     for callback in callbacks:
@@ -355,12 +366,11 @@ def fit(
 def evaluate(model: Any, x: Any, y: Any, loss: Loss, metrics: "Sequence[str | Metric]" = (),
              batch_size: int | None = None) -> dict[str, float]:
     """``{"loss": ..., metric: ...}`` over (x, y) in inference mode, as Python floats (batches weighted by size)."""
-    if not isinstance(loss, Loss):
-        raise TypeError(f"loss must be a backprop loss such as bp.losses.MeanSquaredError(), got {loss!r}")
-    named_metrics = resolve(metrics)
+    instance(loss, Loss, "loss", "a backprop loss such as bp.losses.MeanSquaredError()")
+    named_metrics = resolve(metrics, loss)
     inputs, targets = _prepare(model, x, y, loss, "evaluation")
     samples = inputs.shape[0]
-    batch_size = samples if batch_size is None else min(_positive_int(batch_size, "batch_size"), samples)
+    batch_size = samples if batch_size is None else min(integer(batch_size, "batch_size"), samples)
     bounds = _bounds(samples, batch_size)
     host = _read(model, _evaluate(model, inputs, targets, loss, named_metrics, bounds))
     return {name: _weighted_mean(values, _sizes(bounds)) for name, values in host.items()}

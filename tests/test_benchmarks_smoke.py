@@ -120,7 +120,8 @@ def test_hot_path_returns_prepared_data_as_is():
     assert model.as_input(x) is x
     target = np.zeros((4, 2), dtype=np.float32)
     assert bp.losses.MeanSquaredError().prepare_target(target, model.backend, model._dtype, (4, 2)) is target
-    assert bp.losses.CrossEntropy().prepare_target(target, model.backend, model._dtype, (4, 2)) is target
+    one_hot = np.eye(2, dtype=np.float32)[[0, 1, 1, 0]]  # CrossEntropy rows must be probabilities (issue 13)
+    assert bp.losses.CrossEntropy().prepare_target(one_hot, model.backend, model._dtype, (4, 2)) is one_hot
     with pytest.raises(bp.errors.ShapeError):
         model.as_input(np.ones((4, 5), dtype=np.float32))
 

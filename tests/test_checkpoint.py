@@ -459,8 +459,8 @@ def test_model_checkpoint_refuses_a_monitor_missing_from_the_logs_and_a_bad_mode
     callback.on_train_begin(make_model())
     with pytest.raises(ConfigurationError, match=r"monitors 'val_loss', which is not in the logs \['loss'\]"):
         callback.on_epoch_end(0, {"loss": 1.0})
-    with pytest.raises(ConfigurationError, match="mode must be 'min' or 'max'"):
-        bp.ModelCheckpoint(tmp_path / "m.bpk", mode="auto")
+    with pytest.raises(ConfigurationError, match="mode must be one of 'auto', 'min', 'max'"):
+        bp.ModelCheckpoint(tmp_path / "m.bpk", mode="best")
 
 
 # -- safetensors ------------------------------------------------------------------------------------------------

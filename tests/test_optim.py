@@ -375,7 +375,7 @@ INVALID = [
     (lambda: bp.optim.ExponentialLR(bp.optim.SGD(_params(), lr=0.1), gamma=1.5), "gamma"),
     (lambda: bp.optim.CosineAnnealingLR(bp.optim.SGD(_params(), lr=0.1), T_max=10, eta_min=0.2), "eta_min"),
     (lambda: bp.optim.LinearWarmup(bp.optim.SGD(_params(), lr=0.1), warmup_steps=5, start_factor=0), "start_factor"),
-    (lambda: bp.optim.clip_grad_norm(_params(), max_norm=0), "max_norm must be a number > 0"),
+    (lambda: bp.optim.clip_grad_norm(_params(), max_norm=0), "max_norm must be a finite number > 0"),
     (lambda: bp.optim.clip_grad_value(_params(), clip_value=-1), "clip_value"),
 ]
 

@@ -55,9 +55,9 @@ def test_aliases_and_constant_initialisers():
 def test_unknown_initialiser_and_bad_factory_arguments():
     with pytest.raises(ValueError, match="unknown initialiser 'he'.*he_normal"):
         bp.Sequential(bp.Dense(2, 3, init="he"))
-    with pytest.raises(ValueError, match="std >= 0"):
+    with pytest.raises(ValueError, match="std must be a finite number >= 0"):
         bp.init.normal(-1.0)
-    with pytest.raises(ValueError, match="a >= 0"):
+    with pytest.raises(ValueError, match="bound a must be a finite number >= 0"):
         bp.init.uniform(-0.1)
 
 

@@ -160,7 +160,7 @@ def test_dropout_seed_none_uses_the_model_seed_without_changing_other_layers():
 
 @pytest.mark.parametrize("p", [1.0, -0.1, "0.5"])
 def test_dropout_rejects_bad_probabilities(p):
-    with pytest.raises(ValueError, match=r"Dropout probability p must lie in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"Dropout probability p must be a number in \[0, 1\)"):
         bp.Dropout(p)
 
 

@@ -49,7 +49,7 @@ def test_penalty_errors_name_the_problem():
         bp.penalties.L2(0.1, parameters=["9.weight"])(_model())
     with pytest.raises(bp.errors.ConfigurationError, match="applies to no parameter"):
         bp.penalties.L2(0.1)(bp.Sequential(bp.LayerNorm(3)))
-    with pytest.raises(ValueError, match="l2 coefficient must be a non-negative number"):
+    with pytest.raises(ValueError, match="l2 coefficient must be a finite number >= 0"):
         bp.penalties.L2(-1.0)
 
 

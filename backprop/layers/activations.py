@@ -10,6 +10,7 @@ from typing import Any
 
 from backprop.data import constant
 from backprop.layers.base import Layer
+from backprop.validation import number
 
 
 class Identity(Layer):
@@ -73,7 +74,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = number(negative_slope, "LeakyReLU negative_slope", meaning="the slope for x < 0, e.g. 0.01")
 
     def forward(self, x, training=False):
         xp = self.backend.xp

@@ -137,7 +137,7 @@ class Layer:
     def set_random_state(self, state: dict) -> None:
         """Restore a state returned by ``random_state()``; raise ``ValueError`` naming the problem if it does not
         fit this layer (and then change nothing)."""
-        raise ValueError(f"{type(self).__name__} draws no random numbers, so it has no random state to restore")
+        raise ConfigurationError(f"{type(self).__name__} draws no random numbers, so it has no random state to restore")
 
     # -- the tree -------------------------------------------------------------------------------------------
     def children(self) -> Iterator[tuple[str, "Layer"]]:

@@ -9,6 +9,7 @@ import numpy as np
 from backprop.errors import ShapeError
 from backprop.layers.base import Layer
 from backprop.layers.standardize import check_num_features, scale_and_shift, standardize, standardize_backward
+from backprop.validation import flag, number
 
 
 class BatchNorm1d(Layer):
@@ -33,11 +34,10 @@ class BatchNorm1d(Layer):
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         self.num_features = self.in_features = check_num_features(num_features, "BatchNorm1d")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"BatchNorm1d momentum must lie in [0, 1], got {momentum!r}")
-        if not eps > 0.0:
-            raise ValueError(f"BatchNorm1d eps must be positive, got {eps!r}")
-        self.momentum, self.eps, self.affine = float(momentum), float(eps), bool(affine)
+        self.momentum = number(momentum, "BatchNorm1d momentum", low=0.0, high=1.0,
+                               meaning="the weight of each batch in the running statistics")
+        self.eps = number(eps, "BatchNorm1d eps", low=0.0, low_open=True)
+        self.affine = flag(affine, "BatchNorm1d affine")
 
     keeps_shape = True
 

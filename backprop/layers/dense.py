@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from backprop import init as initialisers
-from backprop.errors import ConfigurationError
 from backprop.layers.base import Layer
+from backprop.validation import flag, integer
 
 
 class Dense(Layer):
@@ -33,11 +31,10 @@ class Dense(Layer):
         bias_init: "str | initialisers.Initialiser" = "zeros",
     ) -> None:
         super().__init__()
-        for label, size in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-                raise ConfigurationError(f"Dense {label} must be a positive integer, got {size!r}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.bias = bool(bias)
+        self.in_features = integer(in_features, "Dense in_features")
+        self.out_features = integer(out_features, "Dense out_features")
+        self.bias = flag(bias, "Dense bias")
+        initialisers.get(init), initialisers.get(bias_init)  # an unknown name is refused here, not when built
         self.init, self.bias_init = init, bias_init
 
     def build(self, input_shape, backend, dtype, rng):

@@ -7,7 +7,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from backprop import validation
+from backprop.errors import ConfigurationError, ShapeError
 from backprop.layers.base import Layer
+from backprop.validation import number
 
 
 class Dropout(Layer):
@@ -32,12 +35,9 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout probability p must lie in [0, 1), got {p!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"Dropout seed must be a non-negative integer or None, got {seed!r}")
-        self.p = float(p)
-        self.seed = None if seed is None else int(seed)
+        self.p = number(p, "Dropout probability p", low=0.0, high=1.0, high_open=True,
+                        meaning="the share of inputs set to 0")
+        self.seed = validation.seed(seed, "Dropout seed")
         self.last_mask: np.ndarray | None = None
         self._generator: np.random.Generator | None = None
         self._fixed = False
@@ -63,25 +63,25 @@ class Dropout(Layer):
 
     def set_random_state(self, state: dict) -> None:
         if self._generator is None:
-            raise ValueError("Dropout has no generator before it is built; put it in a Sequential first")
+            raise ConfigurationError("Dropout has no generator before it is built; put it in a Sequential first")
         bit_generator = self._generator.bit_generator
         trial = type(bit_generator)()
         try:
             trial.state = state
         except (TypeError, ValueError, KeyError, OverflowError) as error:
-            raise ValueError(
+            raise ConfigurationError(
                 f"Dropout's {type(bit_generator).__name__} generator cannot take the random state {state!r}: "
                 f"{type(error).__name__}: {error}"
             ) from None
         if trial.state != state:  # NumPy silently truncates some wrong values (floats, out-of-range flags)
-            raise ValueError(f"the random state {state!r} is not a valid {type(bit_generator).__name__} state: "
+            raise ConfigurationError(f"the random state {state!r} is not a valid {type(bit_generator).__name__} state: "
                              f"it reads back as {trial.state!r}")
         bit_generator.state = state
 
     def _draw_mask(self, shape: tuple) -> np.ndarray:
         if self._fixed and self.last_mask is not None:
             if self.last_mask.shape != shape:
-                raise ValueError(
+                raise ShapeError(
                     f"Dropout's fixed mask has shape {self.last_mask.shape} but the input has shape {shape}; "
                     "keep the batch shape constant inside fixed_randomness()"
                 )

@@ -8,6 +8,7 @@ import numpy as np
 
 from backprop.layers.base import Layer
 from backprop.layers.standardize import check_num_features, scale_and_shift, standardize, standardize_backward
+from backprop.validation import flag, number
 
 
 class LayerNorm(Layer):
@@ -24,9 +25,8 @@ class LayerNorm(Layer):
     def __init__(self, num_features: int, eps: float = 1e-5, elementwise_affine: bool = True) -> None:
         super().__init__()
         self.num_features = self.in_features = check_num_features(num_features, "LayerNorm")
-        if not eps > 0.0:
-            raise ValueError(f"LayerNorm eps must be positive, got {eps!r}")
-        self.eps, self.elementwise_affine = float(eps), bool(elementwise_affine)
+        self.eps = number(eps, "LayerNorm eps", low=0.0, low_open=True)
+        self.elementwise_affine = flag(elementwise_affine, "LayerNorm elementwise_affine")
 
     keeps_shape = True
 

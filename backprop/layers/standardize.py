@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from backprop.validation import integer
 
 
 def check_num_features(value: Any, layer: str) -> int:
-    """``value`` as an int, or a ValueError naming ``layer`` unless it is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{layer} num_features must be a positive integer, got {value!r}")
-    return int(value)
+    """``value`` as an int, or a `ConfigurationError` naming ``layer`` unless it is a positive integer."""
+    return integer(value, f"{layer} num_features")
 
 
 def standardize(xp: Any, x: Any, axis: int, eps: float) -> tuple[Any, Any, Any, Any]:

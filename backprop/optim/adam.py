@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Sequence
 
-from backprop.errors import ConfigurationError
 from backprop.optim.base import Optimizer, check_betas, check_eps, check_learning_rate, check_weight_decay
 from backprop.parameter import Parameter
+from backprop.validation import flag
 
 
 class Adam(Optimizer):
@@ -48,9 +48,7 @@ class Adam(Optimizer):
         self.betas = check_betas(betas)
         self.eps = check_eps(eps)
         self.weight_decay = check_weight_decay(weight_decay)
-        if not isinstance(amsgrad, bool):
-            raise ConfigurationError(f"amsgrad must be True or False, got {amsgrad!r}")
-        self.amsgrad = amsgrad
+        self.amsgrad = flag(amsgrad, "amsgrad")
 
     def apply_weight_decay(self, parameter: Parameter, gradient: Any) -> Any:
         """The gradient Adam's moments see: the L2 penalty's gradient lambda * w added to it."""

@@ -10,17 +10,12 @@ A fresh optimiser starts fresh slots, whatever an earlier optimiser left on the 
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from backprop.errors import CheckpointError, ConfigurationError
+from backprop.errors import ArgumentTypeError, CheckpointError, ConfigurationError
 from backprop.parameter import Parameter
-
-
-def is_real(value: Any) -> bool:
-    """A finite real number (NumPy scalars included; booleans are not numbers here)."""
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+from backprop.validation import is_real, number
 
 
 def check_learning_rate(lr: Any, allow_zero: bool = False) -> float:
@@ -32,15 +27,12 @@ def check_learning_rate(lr: Any, allow_zero: bool = False) -> float:
 
 def check_fraction(name: str, value: Any, meaning: str, closed: bool = False) -> float:
     """``value`` as a float in [0, 1) (in [0, 1] when ``closed``), or a `ConfigurationError` saying what it means."""
-    if not is_real(value) or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
-        interval = "[0, 1]" if closed else "[0, 1)"
-        raise ConfigurationError(f"{name} must be a number in {interval} ({meaning}), got {value!r}")
-    return float(value)
+    return number(value, name, low=0.0, high=1.0, high_open=not closed, meaning=meaning)
 
 
 def check_betas(betas: Any) -> tuple[float, float]:
     """Adam's ``(beta1, beta2)``: the decay rates of the running means of the gradient and of its square."""
-    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+    if isinstance(betas, (str, bytes, dict)) or not hasattr(betas, "__len__") or len(betas) != 2:
         raise ConfigurationError(f"betas must be a pair (beta1, beta2) such as (0.9, 0.999), got {betas!r}")
     return (
         check_fraction("betas[0]", betas[0], "decay of the running mean of the gradient, e.g. 0.9"),
@@ -49,15 +41,11 @@ def check_betas(betas: Any) -> tuple[float, float]:
 
 
 def check_eps(eps: Any) -> float:
-    if not is_real(eps) or eps <= 0:
-        raise ConfigurationError(f"eps must be a finite number > 0 (it keeps the denominator away from 0), got {eps!r}")
-    return float(eps)
+    return number(eps, "eps", low=0.0, low_open=True, meaning="it keeps the denominator away from 0")
 
 
 def check_weight_decay(weight_decay: Any) -> float:
-    if not is_real(weight_decay) or weight_decay < 0:
-        raise ConfigurationError(f"weight_decay must be a finite number >= 0 (0 turns it off), got {weight_decay!r}")
-    return float(weight_decay)
+    return number(weight_decay, "weight_decay", low=0.0, meaning="0 turns it off")
 
 
 def saved_count(value: Any, owner: str, name: str) -> int:
@@ -77,6 +65,26 @@ def check_saved_hyperparameters(state: dict, owner: Any, kind: str) -> None:
         )
 
 
+def parameter_list(params: Any, owner: str) -> list[Parameter]:
+    """``params`` as a list of distinct `Parameter` objects, or a `ConfigurationError` saying to pass
+    ``model.parameters()`` (a model given in their place is named as such)."""
+    if hasattr(params, "parameters") and callable(params.parameters):
+        raise ArgumentTypeError(f"{owner} takes the model's parameters, not the model: pass model.parameters(), "
+                                f"e.g. {owner}(model.parameters(), lr=0.01)")
+    if isinstance(params, (Parameter, str, bytes, dict)) or not isinstance(params, Iterable):
+        raise ArgumentTypeError(f"{owner} takes an iterable of Parameter objects: pass model.parameters(), "
+                                f"got {type(params).__name__}")
+    params = list(params)
+    if not params:
+        raise ConfigurationError(f"{owner} got no parameters; pass model.parameters()")
+    strangers = [type(p).__name__ for p in params if not isinstance(p, Parameter)]
+    if strangers:
+        raise ArgumentTypeError(f"{owner} takes Parameter objects (pass model.parameters()), got {strangers[0]}")
+    if len({id(p) for p in params}) != len(params):
+        raise ConfigurationError(f"a parameter appears twice in {owner}'s parameters; pass each once")
+    return params
+
+
 class Optimizer:
     """Base class: ``step()`` calls ``update(parameter, step)`` for every parameter that has a gradient.
 
@@ -86,13 +94,7 @@ class Optimizer:
     """
 
     def __init__(self, params: Iterable[Parameter], lr: float) -> None:
-        self.params = list(params)
-        if not self.params:
-            raise ValueError("the optimiser got no parameters; pass model.parameters()")
-        if not all(isinstance(p, Parameter) for p in self.params):
-            raise TypeError("the optimiser takes Parameter objects: pass model.parameters()")
-        if len({id(p) for p in self.params}) != len(self.params):
-            raise ValueError("a parameter appears twice in the optimiser's parameters; pass each once")
+        self.params = parameter_list(params, type(self).__name__)
         self.lr = check_learning_rate(lr)
         self.steps = 0
         self.parameter_steps = [0] * len(self.params)
@@ -102,12 +104,26 @@ class Optimizer:
             parameter.zero_grad()
 
     def step(self) -> None:
-        self.steps += 1
-        with self.params[0].backend.activate():
-            for index, parameter in enumerate(self.params):
-                if parameter.has_grad:
-                    self.parameter_steps[index] += 1
-                    self.update(parameter, self.parameter_steps[index])
+        """Update every parameter that has a gradient. The bookkeeping is all-or-nothing per parameter: an
+        exception inside a parameter's update (KeyboardInterrupt, out of memory) leaves its step count and its
+        set of slots as they were before the call, so the optimiser stays usable; ``steps`` counts the call
+        only if at least one parameter completed its update."""
+        completed = False
+        try:
+            with self.params[0].backend.activate():
+                for index, parameter in enumerate(self.params):
+                    if parameter.has_grad:
+                        slots = dict(parameter.state)
+                        try:
+                            self.update(parameter, self.parameter_steps[index] + 1)
+                        except BaseException:
+                            parameter.state = slots  # drops slots this update created and did not finish
+                            raise
+                        self.parameter_steps[index] += 1
+                        completed = True
+        finally:
+            if completed:
+                self.steps += 1
 
     def update(self, parameter: Parameter, step: int) -> None:
         raise NotImplementedError

@@ -12,24 +12,23 @@ a gradient are skipped.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Iterable
 
 from backprop.data import constant
-from backprop.errors import ConfigurationError, DeviceError, NonFiniteError
+from backprop.errors import DeviceError, NonFiniteError
+from backprop.optim.base import parameter_list
 from backprop.parameter import Parameter
+from backprop.validation import number
 
 
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
+def _norm_type(norm_type: Any) -> float:
+    """A p-norm's p: a number > 0, or ``math.inf`` for the largest absolute entry."""
+    return math.inf if norm_type == math.inf else number(norm_type, "norm_type", low=0.0, low_open=True,
+                                                         meaning="or math.inf")
 
 
 def _with_gradients(params: Iterable[Parameter]) -> list[Parameter]:
-    params = list(params)
-    if not all(isinstance(p, Parameter) for p in params):
-        raise TypeError("gradient clipping takes Parameter objects: pass model.parameters()")
+    params = [] if isinstance(params, (list, tuple)) and not params else parameter_list(params, "gradient clipping")
     with_gradients = [p for p in params if p.has_grad]
     backends = {p.backend.spec for p in with_gradients}
     if len(backends) > 1:
@@ -50,8 +49,8 @@ def clip_grad_norm(
     otherwise the gradients are scaled as PyTorch does (by 0 for an infinite norm, by NaN for a NaN one).
     Without gradients the norm is 0.0.
     """
-    max_norm = _positive("max_norm", max_norm)
-    norm_type = _positive("norm_type", norm_type)
+    max_norm = number(max_norm, "max_norm", low=0.0, low_open=True)
+    norm_type = _norm_type(norm_type)
     with_gradients = _with_gradients(params)
     if not with_gradients:
         return 0.0
@@ -86,7 +85,7 @@ def clip_grad_value(params: Iterable[Parameter], clip_value: float) -> None:
     Computed as min(max(g, -c), c) with 0-d bounds on the device, not with ``xp.clip``: array-api-compat's
     generic ``clip`` (the one it uses for CuPy) writes through boolean masks, a host read each
     (``common/_aliases.py``, 1.16)."""
-    clip_value = _positive("clip_value", clip_value)
+    clip_value = number(clip_value, "clip_value", low=0.0, low_open=True)
     with_gradients = _with_gradients(params)
     if not with_gradients:
         return

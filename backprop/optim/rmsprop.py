@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from backprop.errors import ConfigurationError
 from backprop.optim.base import Optimizer, check_eps, check_fraction, check_learning_rate, check_weight_decay
 from backprop.parameter import Parameter
+from backprop.validation import flag
 
 
 class RMSprop(Optimizer):
@@ -50,9 +50,7 @@ class RMSprop(Optimizer):
         self.eps = check_eps(eps)
         self.weight_decay = check_weight_decay(weight_decay)
         self.momentum = check_fraction("momentum", momentum, "the decay of the velocity, e.g. 0.9; 0 turns it off")
-        if not isinstance(centered, bool):
-            raise ConfigurationError(f"centered must be True or False, got {centered!r}")
-        self.centered = centered
+        self.centered = flag(centered, "centered")
 
     def update(self, parameter: Parameter, step: int) -> None:
         xp = parameter.backend.xp

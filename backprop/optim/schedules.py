@@ -18,24 +18,16 @@ A schedule is also a `fit` callback that steps once per epoch: ``model.fit(..., 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 from backprop.callbacks import Callback
 from backprop.errors import CheckpointError, ConfigurationError
-from backprop.optim.base import Optimizer, check_learning_rate, check_saved_hyperparameters, is_real, saved_count
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+from backprop.optim.base import Optimizer, check_learning_rate, check_saved_hyperparameters, saved_count
+from backprop.validation import instance, integer, number
 
 
 def _check_factor(name: str, value: Any) -> float:
-    if not is_real(value) or not 0 < value <= 1:
-        raise ConfigurationError(f"{name} must be a number in (0, 1] (a multiplier of the learning rate), got {value!r}")
-    return float(value)
+    return number(value, name, low=0.0, high=1.0, low_open=True, meaning="a multiplier of the learning rate")
 
 
 class Schedule(Callback):
@@ -45,8 +37,8 @@ class Schedule(Callback):
     """
 
     def __init__(self, optimizer: Optimizer) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"a schedule takes an optimiser from bp.optim, got {type(optimizer).__name__}")
+        instance(optimizer, Optimizer, f"{type(self).__name__}'s optimizer", "an optimiser from bp.optim, e.g. "
+                 "bp.optim.SGD(model.parameters(), lr=0.1)")
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         self.last_step = 0
@@ -97,7 +89,7 @@ class StepLR(Schedule):
         self.set_hyperparameters(step_size, gamma)
 
     def set_hyperparameters(self, step_size: int, gamma: float = 0.1) -> None:
-        self.step_size = _check_positive_int("step_size", step_size)
+        self.step_size = integer(step_size, "step_size")
         self.gamma = _check_factor("gamma", gamma)
 
     def lr_at(self, step: int) -> float:
@@ -132,12 +124,9 @@ class CosineAnnealingLR(Schedule):
         self.set_hyperparameters(T_max, eta_min)
 
     def set_hyperparameters(self, T_max: int, eta_min: float = 0.0) -> None:
-        self.T_max = _check_positive_int("T_max", T_max)
-        if not is_real(eta_min) or not 0 <= eta_min <= self.base_lr:
-            raise ConfigurationError(
-                f"eta_min must be a number in [0, {self.base_lr:g}] (at most the optimiser's learning rate), got {eta_min!r}"
-            )
-        self.eta_min = float(eta_min)
+        self.T_max = integer(T_max, "T_max")
+        self.eta_min = number(eta_min, "eta_min", low=0.0, high=self.base_lr,
+                              meaning="at most the optimiser's learning rate")
 
     def lr_at(self, step: int) -> float:
         return self.eta_min + (self.base_lr - self.eta_min) * (1.0 + math.cos(math.pi * step / self.T_max)) / 2.0
@@ -168,7 +157,7 @@ class LinearWarmup(Schedule):
         optimizer.lr = self.base_lr * self.start_factor
 
     def set_hyperparameters(self, warmup_steps: int, start_factor: float = 1.0 / 3) -> None:
-        self.warmup_steps = _check_positive_int("warmup_steps", warmup_steps)
+        self.warmup_steps = integer(warmup_steps, "warmup_steps")
         self.start_factor = _check_factor("start_factor", start_factor)
 
     def lr_at(self, step: int) -> float:

@@ -15,6 +15,7 @@ from typing import Iterable
 from backprop.errors import ConfigurationError
 from backprop.optim.base import Optimizer, check_fraction, check_learning_rate, check_weight_decay
 from backprop.parameter import Parameter
+from backprop.validation import flag
 
 
 class SGD(Optimizer):
@@ -40,8 +41,7 @@ class SGD(Optimizer):
         self.momentum = check_fraction("momentum", momentum, "the decay of the velocity, e.g. 0.9; 0 turns it off")
         self.dampening = check_fraction("dampening", dampening, "the share of the gradient left out of the velocity", closed=True)
         self.weight_decay = check_weight_decay(weight_decay)
-        if not isinstance(nesterov, bool):
-            raise ConfigurationError(f"nesterov must be True or False, got {nesterov!r}")
+        nesterov = flag(nesterov, "nesterov")
         if nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ConfigurationError(
                 f"Nesterov momentum needs momentum > 0 and dampening = 0, got momentum={momentum!r}, dampening={dampening!r}"

@@ -1,0 +1,369 @@
+"""Issue 13: no silent wrong results, and refused calls change nothing.
+
+The matrix at the bottom tries every entry point with bad values on every CPU backend; each case asserts the
+exception class (ours and the built-in one), that the message names the problem, and that the model's
+parameters and the optimiser's state (step counts, hyper-parameters, slots) are exactly what they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop.errors import (
+    ArgumentTypeError,
+    BackpropError,
+    ConfigurationError,
+    DivergenceError,
+    LossActivationWarning,
+    TargetError,
+)
+
+losses = bp.losses
+
+
+def trained(device: str = "cpu", optimizer: str = "adam"):
+    """A 3-4-2 model and an optimiser that has taken one step (so it has slots and step counts)."""
+    model = bp.Sequential(bp.Dense(3, 4), bp.Tanh(), bp.Dense(4, 2), device=device, seed=0)
+    kinds = {"adam": lambda: bp.optim.Adam(model.parameters(), lr=0.01),
+             "sgd": lambda: bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)}
+    opt = kinds[optimizer]()
+    bp.value_and_grad(model, losses.MeanSquaredError(), X, Y)
+    opt.step()
+    return model, opt
+
+
+X = np.linspace(-1.0, 1.0, 15).reshape(5, 3)
+Y = np.stack([np.sin(X[:, 0]), np.cos(X[:, 1])], axis=1)
+
+
+def state_of(model, optimizer=None) -> dict:
+    """Host copies of everything a refused call must leave alone."""
+    state = {name: np.array(value, copy=True) for name, value in model.state_dict().items()}
+    for name, parameter in model.named_parameters():
+        for slot, value in parameter.state.items():
+            state[f"{name}/{slot}"] = np.array(bp.to_numpy(value), copy=True)
+        state[f"{name}/has_grad"] = parameter.has_grad
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+        else:
+            assert after[name] == value, name
+
+
+def check_error(error: BaseException, kind: type, builtin: type, fragments: tuple) -> None:
+    assert isinstance(error, kind) and isinstance(error, BackpropError) and isinstance(error, builtin), type(error)
+    for fragment in fragments:
+        assert fragment in str(error), f"{fragment!r} not in {str(error)!r}"
+
+
+# -- 1. the direction of a monitored value ----------------------------------------------------------------------
+@pytest.mark.parametrize("monitor, mode", [
+    ("val_accuracy", "max"), ("accuracy", "max"), ("val_acc", "max"), ("top3_accuracy", "max"), ("val_auc", "max"),
+    ("f1_score", "max"), ("loss", "min"), ("val_loss", "min"), ("val_mse", "min"), ("mean_absolute_error", "min"),
+])
+def test_callbacks_infer_the_direction_from_the_name_and_log_it(monitor, mode, caplog):
+    with caplog.at_level(logging.INFO, logger="backprop"):
+        assert bp.callbacks.EarlyStopping(monitor).mode == mode
+        assert bp.ModelCheckpoint("m.bpk", monitor=monitor, save_best_only=True).mode == mode
+    assert sum(f"monitors {monitor!r} with mode={mode!r}" in record.getMessage() for record in caplog.records) == 2
+
+
+@pytest.mark.parametrize("build", [lambda: bp.callbacks.EarlyStopping("val_margin"),
+                                   lambda: bp.ModelCheckpoint("m.bpk", monitor="val_margin", save_best_only=True),
+                                   lambda: bp.callbacks.EarlyStopping("accuracy_loss")])
+def test_an_unclassifiable_monitor_needs_a_mode(build):
+    with pytest.raises(ConfigurationError) as excinfo:
+        build()
+    check_error(excinfo.value, ConfigurationError, ValueError, ("should go up or down", "mode='max'", "mode='min'"))
+
+
+def test_model_checkpoint_on_val_accuracy_keeps_the_best_epoch(tmp_path):
+    """The issue's case: save_best_only on an accuracy kept the worst epoch, its mode defaulting to "min"."""
+    model, _ = trained()
+    callback = bp.ModelCheckpoint(tmp_path / "best.bpk", monitor="val_accuracy", save_best_only=True)
+    callback.on_train_begin(model)
+    for epoch, accuracy in enumerate([0.5, 0.8, 0.6, 0.7]):
+        callback.on_epoch_end(epoch, {"loss": 1.0, "val_accuracy": accuracy})
+    assert bp.load_checkpoint(tmp_path / "best.bpk").extra["epoch"] == 1 and callback.best == 0.8
+
+
+# -- 2. accuracy knows logits ------------------------------------------------------------------------------------
+def test_single_logit_accuracy_thresholds_at_zero(backend):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 2))
+    y = (x[:, 0] + 0.5 * rng.standard_normal(40) > 0.3).astype(float)
+    model = bp.Sequential(bp.Dense(2, 1), device=backend, dtype="float64", seed=1)
+    logits = bp.to_numpy(model.predict(x))[:, 0]
+    truth = float(np.mean((logits >= 0) == (y >= 0.5)))
+    wrong = float(np.mean((logits >= 0.5) == (y >= 0.5)))
+    assert truth != wrong  # the case distinguishes the two thresholds
+    logged = model.evaluate(x, y, losses.BinaryCrossEntropy(from_logits=True), metrics=["accuracy"])["accuracy"]
+    assert logged == pytest.approx(truth, abs=1e-12)
+    probabilities = bp.Sequential(bp.Dense(2, 1), bp.Sigmoid(), device=backend, dtype="float64", seed=1)
+    logged = probabilities.evaluate(x, y, losses.BinaryCrossEntropy(), metrics=["accuracy"])["accuracy"]
+    assert logged == pytest.approx(truth, abs=1e-12)  # sigmoid(z) >= 0.5 exactly when z >= 0
+
+
+# -- 3. last layer and loss disagree -----------------------------------------------------------------------------
+@pytest.mark.parametrize("last, loss, fragment", [
+    (bp.Softmax, lambda: losses.CrossEntropy(), "applies softmax again"),
+    (bp.Sigmoid, lambda: losses.BinaryCrossEntropy(from_logits=True), "applies sigmoid again"),
+    (bp.Identity, lambda: losses.CrossEntropy(from_logits=False), "expects probabilities"),
+    (bp.Tanh, lambda: losses.BinaryCrossEntropy(), "expects probabilities"),
+])
+def test_fit_warns_once_when_the_last_layer_and_the_loss_disagree(last, loss, fragment):
+    model = bp.Sequential(bp.Dense(3, 2), last(), seed=0)
+    y = np.array([0, 1, 1, 0, 1]) if isinstance(loss(), losses.CrossEntropy) else np.ones((5, 2)) * 0.5
+    with pytest.warns(LossActivationWarning) as record:
+        model.fit(X, y, loss(), bp.optim.SGD(model.parameters(), lr=0.01), epochs=2, verbose=0)
+    assert len(record) == 1 and fragment in str(record[0].message) and "from_logits=" in str(record[0].message)
+
+
+@pytest.mark.parametrize("last, loss", [(bp.Dense, lambda: losses.CrossEntropy()),
+                                        (bp.Softmax, lambda: losses.CrossEntropy(from_logits=False)),
+                                        (bp.Sigmoid, lambda: losses.BinaryCrossEntropy()),
+                                        (bp.Dense, lambda: losses.MeanSquaredError())])
+def test_matching_last_layer_and_loss_do_not_warn(last, loss):
+    model = bp.Sequential(bp.Dense(3, 2), last(2, 2) if last is bp.Dense else last(), seed=0)
+    y = np.array([0, 1, 1, 0, 1]) if isinstance(loss(), losses.CrossEntropy) else np.ones((5, 2)) * 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LossActivationWarning)
+        model.fit(X, y, loss(), bp.optim.SGD(model.parameters(), lr=0.01), epochs=1, verbose=0)
+
+
+# -- 5. CrossEntropy probability rows ----------------------------------------------------------------------------
+@pytest.mark.parametrize("rows, fragment", [
+    ([[2.0, -1.0]], "negative entry (-1)"),
+    ([[0.5, 0.4]], "summing to 0.9"),
+    ([[0.0, 0.0]], "summing to 0"),
+    ([[1.0, 1.0]], "summing to 2"),
+    ([[-0.5, 1.5]], "negative entry (-0.5)"),
+    ([[1, 1]], "summing to 2"),  # integer rows go through the same check
+])
+def test_cross_entropy_refuses_rows_that_are_not_probabilities(backend, rows, fragment):
+    model = bp.Sequential(bp.Dense(3, 2), device=backend, seed=0)
+    target = np.array(rows * 5)
+    before = state_of(model)
+    for call in (lambda: bp.value_and_grad(model, losses.CrossEntropy(), X, target),
+                 lambda: model.fit(X, target, losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.1),
+                                   epochs=1, verbose=0),
+                 lambda: model.evaluate(X, target, losses.CrossEntropy())):
+        with pytest.raises(TargetError) as excinfo:
+            call()
+        check_error(excinfo.value, TargetError, ValueError, ("probabilities", fragment, "class indices"))
+        assert_unchanged(before, state_of(model))
+
+
+def test_cross_entropy_accepts_soft_rows_within_rounding(backend):
+    model = bp.Sequential(bp.Dense(3, 3), device=backend, seed=0)
+    rows = np.random.default_rng(0).dirichlet(np.ones(3), 5).astype(np.float32)  # sums off by float32 rounding
+    value, _ = bp.value_and_grad(model, losses.CrossEntropy(), X, rows)
+    output = bp.to_numpy(model.predict(X)).astype(np.float64)
+    log_q = output - output.max(1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(1, keepdims=True))
+    assert value == pytest.approx(-np.sum(rows * log_q) / 5, rel=1e-5)
+
+
+# -- 9. divergence restore never keeps non-finite parameters ----------------------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_restores_the_last_finite_state(backend):
+    """The issue's case: the last step of epoch 1 overflows the weight although its loss was finite."""
+    model = bp.Sequential(bp.Dense(1, 1, init=bp.init.constant(0.5)), device=backend, seed=0)
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.01)
+    x, y = np.full((2, 1), 2e19), np.zeros((2, 1))
+    with pytest.raises(DivergenceError) as excinfo:
+        model.fit(x, y, losses.MeanSquaredError(), optimizer, epochs=3, verbose=0)
+    assert excinfo.value.epoch == 1 and "parameters became NaN or infinite" in str(excinfo.value)
+    state = model.state_dict()
+    assert state["0.weight"][0, 0] == np.float32(0.5) and state["0.bias"][0] == 0.0
+    assert optimizer.steps == 0
+
+
+# -- 10. an interrupted optimiser step ---------------------------------------------------------------------------
+class Interrupt(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("build", [
+    lambda p: bp.optim.Adam(p, lr=0.01), lambda p: bp.optim.AdamW(p, lr=0.01, amsgrad=True),
+    lambda p: bp.optim.SGD(p, lr=0.1, momentum=0.9), lambda p: bp.optim.RMSprop(p, lr=0.01, centered=True),
+], ids=["Adam", "AdamW", "SGD", "RMSprop"])
+@pytest.mark.parametrize("at_step", [1, 2])
+def test_an_interrupted_step_leaves_the_optimiser_usable(backend, build, at_step, monkeypatch):
+    def run(interrupt: bool):
+        model = bp.Sequential(bp.Dense(3, 4), bp.Tanh(), bp.Dense(4, 2), device=backend, seed=0)
+        optimizer = build(model.parameters())
+        for step in (1, 2, 3):
+            bp.value_and_grad(model, losses.MeanSquaredError(), X, Y)
+            if interrupt and step == at_step:
+                original = type(optimizer).update
+                calls = []
+
+                def update(self, parameter, count):
+                    calls.append(parameter.name)
+                    if len(calls) == 3:  # in the middle of the step: two parameters done, the third interrupted
+                        raise Interrupt()
+                    return original(self, parameter, count)
+
+                monkeypatch.setattr(type(optimizer), "update", update)
+                with pytest.raises(Interrupt):
+                    optimizer.step()
+                monkeypatch.setattr(type(optimizer), "update", original)
+                assert optimizer.parameter_steps == [step, step, step - 1, step - 1] and optimizer.steps == step
+            optimizer.step()
+        return model, optimizer
+
+    model, optimizer = run(interrupt=True)
+    # the interrupted call updated parameters 0 and 1 once more than a clean run: compare with a run that does so
+    assert optimizer.parameter_steps == [4, 4, 3, 3]
+    for parameter in model.parameters():
+        assert np.all(np.isfinite(bp.to_numpy(parameter.value)))
+
+
+def test_an_interrupted_first_update_leaves_no_half_made_slots(monkeypatch):
+    model = bp.Sequential(bp.Dense(3, 2), seed=0)
+    optimizer = bp.optim.Adam(model.parameters(), lr=0.01)
+    bp.value_and_grad(model, losses.MeanSquaredError(), X, Y)
+    before = state_of(model, optimizer)
+    original = bp.optim.Adam.slot
+
+    def slot(self, parameter, name, step):
+        if name == "exp_avg_sq":
+            raise KeyboardInterrupt
+        return original(self, parameter, name, step)
+
+    monkeypatch.setattr(bp.optim.Adam, "slot", slot)
+    with pytest.raises(KeyboardInterrupt):
+        optimizer.step()
+    monkeypatch.setattr(bp.optim.Adam, "slot", original)
+    assert_unchanged(before, state_of(model, optimizer))
+    optimizer.step()  # the issue: "has no optimiser slot 'exp_avg' although Adam has updated it 1 times"
+    fresh = bp.Sequential(bp.Dense(3, 2), seed=0)
+    fresh_optimizer = bp.optim.Adam(fresh.parameters(), lr=0.01)
+    bp.value_and_grad(fresh, losses.MeanSquaredError(), X, Y)
+    fresh_optimizer.step()
+    assert_unchanged(state_of(fresh, fresh_optimizer), state_of(model, optimizer))
+
+
+# -- 16. the matrix: entry point x bad value x backend ------------------------------------------------------------
+class KerasStyle:
+    """A Keras callback's hooks: no on_train_begin(model), no on_train_end with our signature... only two hooks."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_begin(self, logs=None):
+        pass
+
+
+def _fit(**options):
+    def call(model, optimizer):
+        arguments = dict(x=X, y=Y, loss=losses.MeanSquaredError(), optimizer=optimizer, epochs=1, verbose=0)
+        arguments.update(options)
+        return model.fit(**arguments)
+    return call
+
+
+MATRIX = [
+    # (case id, call(model, optimizer), our class, built-in class, message fragments)
+    ("fit seed str", _fit(seed="abc"), ConfigurationError, ValueError, ("seed", "'abc'", "None")),
+    ("fit seed negative", _fit(seed=-1), ConfigurationError, ValueError, ("seed", "integer >= 0")),
+    ("fit seed float", _fit(seed=1.5), ConfigurationError, ValueError, ("seed", "1.5")),
+    ("fit metrics int", _fit(metrics=3), ArgumentTypeError, TypeError, ("metrics", "list")),
+    ("fit metrics unknown", _fit(metrics=["acc"]), ConfigurationError, ValueError, ("unknown metric 'acc'",)),
+    ("fit callbacks int", _fit(callbacks=5), ArgumentTypeError, TypeError, ("callbacks", "list")),
+    ("fit keras callback", _fit(callbacks=[KerasStyle()]), ArgumentTypeError, TypeError,
+     ("on_epoch_begin", "on_train_end", "subclass backprop.callbacks.Callback", "Keras")),
+    ("fit loss str", _fit(loss="mse"), ArgumentTypeError, TypeError, ("loss must be", "MeanSquaredError()", "'mse'")),
+    ("fit loss class", _fit(loss=losses.MeanSquaredError), ArgumentTypeError, TypeError, ("loss must be",)),
+    ("fit optimizer str", _fit(optimizer="sgd"), ArgumentTypeError, TypeError, ("optimizer must be", "'sgd'")),
+    ("fit epochs 0", _fit(epochs=0), ConfigurationError, ValueError, ("epochs", "positive integer")),
+    ("fit epochs float", _fit(epochs=2.0), ConfigurationError, ValueError, ("epochs", "2.0")),
+    ("fit batch_size -1", _fit(batch_size=-1), ConfigurationError, ValueError, ("batch_size",)),
+    ("fit verbose 3", _fit(verbose=3), ConfigurationError, ValueError, ("verbose", "3")),
+    ("fit shuffle str", _fit(shuffle="no"), ConfigurationError, ValueError, ("shuffle", "True or False")),
+    ("fit penalty float", _fit(penalty=0.1), ArgumentTypeError, TypeError, ("penalty", "L2")),
+    ("fit initial_epoch", _fit(initial_epoch=1), ConfigurationError, ValueError, ("initial_epoch",)),
+    ("fit validation_data", _fit(validation_data=X), ConfigurationError, ValueError, ("validation_data", "pair")),
+    ("fit softmax targets", _fit(loss=losses.CrossEntropy(), y=np.tile([[2.0, -1.0]], (5, 1))), TargetError,
+     ValueError, ("negative entry",)),
+    ("evaluate loss str", lambda m, o: m.evaluate(X, Y, "mse"), ArgumentTypeError, TypeError, ("loss must be",)),
+    ("evaluate metrics", lambda m, o: m.evaluate(X, Y, losses.MeanSquaredError(), metrics=[4]),
+     ConfigurationError, ValueError, ("metric", "4")),
+    ("Adam(model)", lambda m, o: bp.optim.Adam(m, lr=0.1), ArgumentTypeError, TypeError,
+     ("model.parameters()", "not the model")),
+    ("SGD(model)", lambda m, o: bp.optim.SGD(m, lr=0.1), ArgumentTypeError, TypeError, ("model.parameters()",)),
+    ("SGD(parameter)", lambda m, o: bp.optim.SGD(m.parameters()[0], lr=0.1), ArgumentTypeError, TypeError,
+     ("iterable of Parameter",)),
+    ("SGD(arrays)", lambda m, o: bp.optim.SGD([np.ones(3)], lr=0.1), ArgumentTypeError, TypeError,
+     ("Parameter objects", "ndarray")),
+    ("SGD([])", lambda m, o: bp.optim.SGD([], lr=0.1), ConfigurationError, ValueError, ("no parameters",)),
+    ("SGD twice", lambda m, o: bp.optim.SGD(m.parameters() * 2, lr=0.1), ConfigurationError, ValueError,
+     ("appears twice",)),
+    ("SGD lr nan", lambda m, o: bp.optim.SGD(m.parameters(), lr=float("nan")), ConfigurationError, ValueError,
+     ("learning rate", "nan")),
+    ("Adam betas dict", lambda m, o: bp.optim.Adam(m.parameters(), betas={"a": 0.9, "b": 0.9}), ConfigurationError,
+     ValueError, ("betas", "pair")),
+    ("clip norm model", lambda m, o: bp.optim.clip_grad_norm(m, 1.0), ArgumentTypeError, TypeError,
+     ("model.parameters()",)),
+    ("clip norm nan", lambda m, o: bp.optim.clip_grad_norm(m.parameters(), float("nan")), ConfigurationError,
+     ValueError, ("max_norm",)),
+    ("StepLR(str)", lambda m, o: bp.optim.StepLR("sgd", step_size=2), ArgumentTypeError, TypeError,
+     ("optimiser from bp.optim",)),
+    ("LeakyReLU(nan)", lambda m, o: bp.LeakyReLU(float("nan")), ConfigurationError, ValueError,
+     ("negative_slope", "nan")),
+    ("LeakyReLU(str)", lambda m, o: bp.LeakyReLU("0.1"), ConfigurationError, ValueError, ("negative_slope",)),
+    ("Dense init", lambda m, o: bp.Dense(3, 2, init="gloriot"), ConfigurationError, ValueError,
+     ("unknown initialiser 'gloriot'", "glorot_uniform")),
+    ("Dense bias str", lambda m, o: bp.Dense(3, 2, bias="no"), ConfigurationError, ValueError, ("bias",)),
+    ("Dropout seed", lambda m, o: bp.Dropout(0.5, seed="x"), ConfigurationError, ValueError, ("Dropout seed",)),
+    ("BatchNorm eps", lambda m, o: bp.BatchNorm1d(3, eps=0), ConfigurationError, ValueError, ("eps", "> 0")),
+    ("LayerNorm features", lambda m, o: bp.LayerNorm(0), ConfigurationError, ValueError, ("num_features",)),
+    ("BCE from_logits str", lambda m, o: losses.BinaryCrossEntropy(from_logits="yes"), ConfigurationError,
+     ValueError, ("from_logits", "True or False")),
+    ("CE weight str", lambda m, o: losses.CrossEntropy(weight=["a", "b"]), ConfigurationError, ValueError,
+     ("CrossEntropy weight", "numbers")),
+    ("CE weight negative", lambda m, o: losses.CrossEntropy(weight=[1.0, -1.0]), ConfigurationError, ValueError,
+     ("non-negative",)),
+    ("MSE reduction", lambda m, o: losses.MeanSquaredError(reduction="avg"), ConfigurationError, ValueError,
+     ("reduction", "'avg'")),
+    ("L2 nan", lambda m, o: bp.penalties.L2(float("nan")), ConfigurationError, ValueError, ("l2 coefficient",)),
+    ("normal std", lambda m, o: bp.init.normal(-1), ConfigurationError, ValueError, ("std",)),
+    ("EarlyStopping patience", lambda m, o: bp.callbacks.EarlyStopping(patience=1.5), ConfigurationError, ValueError,
+     ("patience",)),
+    ("EarlyStopping monitor int", lambda m, o: bp.callbacks.EarlyStopping(monitor=3), ArgumentTypeError, TypeError,
+     ("monitor",)),
+    ("ModelCheckpoint path", lambda m, o: bp.ModelCheckpoint(None), ArgumentTypeError, TypeError, ("path",)),
+    ("ModelCheckpoint optimizer", lambda m, o: bp.ModelCheckpoint("m.bpk", optimizer="adam"), ArgumentTypeError,
+     TypeError, ("optimizer",)),
+]
+
+
+@pytest.mark.parametrize("case, call, kind, builtin, fragments", MATRIX, ids=[row[0] for row in MATRIX])
+def test_refused_calls_name_the_problem_and_change_nothing(backend, case, call, kind, builtin, fragments):
+    model, optimizer = trained(backend)
+    before = state_of(model, optimizer)
+    with pytest.raises(BackpropError) as excinfo:
+        call(model, optimizer)
+    check_error(excinfo.value, kind, builtin, fragments)
+    assert_unchanged(before, state_of(model, optimizer))
+
+
+@pytest.mark.parametrize("options", [dict(metrics=None), dict(callbacks=None), dict(seed=np.int64(3)),
+                                     dict(metrics="mse"), dict(callbacks=(bp.callbacks.Callback(),))])
+def test_none_and_single_values_are_accepted(backend, options):
+    model, optimizer = trained(backend)
+    history = _fit(**options)(model, optimizer)
+    assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
