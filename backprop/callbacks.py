@@ -12,6 +12,11 @@ hooks. A Keras callback therefore does not fit as it is: subclass `Callback` and
 Callbacks that watch a logged value (`EarlyStopping`, `backprop.ModelCheckpoint`) need to know whether it should
 go up or down: ``mode="auto"`` infers it from the name with `monitor_mode` (accuracy-like names go up, loss-like
 names go down) and logs the choice on the ``"backprop"`` logger; a name it cannot classify must be given a mode.
+
+Under data-parallel training ``fit(..., communicator=comm)`` every rank runs every callback with the same logs,
+and sets ``callback.communicator`` to ``comm`` before ``on_train_begin`` (``None`` without one): a callback
+that writes or prints should do so where ``self.communicator is None or self.communicator.is_root``. An error in
+a callback on one rank is raised on every rank, and ``stop_training`` set on any rank stops every rank.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ def monitor_mode(monitor: str, mode: str, owner: str) -> str:
 
 class Callback:
     model: Any = None
+    communicator: Any = None
 
     def on_train_begin(self, model: Any) -> None:
         self.model = model

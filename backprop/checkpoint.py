@@ -75,11 +75,18 @@ class Checkpoint:
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
-def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, Any] | None = None) -> Path:
+def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, Any] | None = None,
+         communicator: Any = None) -> Path:
     """Write ``model`` (and ``optimizer``'s hyper-parameters, step count and slots) to ``path`` atomically.
 
     ``extra`` is JSON-able metadata stored alongside (an epoch number, a schedule's state, ...). Returns the path.
+    With a ``communicator`` (`backprop.distributed`) only its rank 0 writes; the collective decision on its
+    outcome that follows is the barrier: every rank returns once the file is complete, or raises rank 0's error.
+    The replicas are identical, so rank 0's model is every rank's.
     """
+    if communicator is not None and communicator.size > 1:
+        return communicator.collectively(
+            lambda: save(model, path, optimizer, extra) if communicator.is_root else Path(os.fspath(path)))
     if optimizer is not None:
         _check_optimizer_owns(model, optimizer)
     tensors: list[tuple[str, str, np.ndarray]] = [
@@ -475,6 +482,7 @@ class ModelCheckpoint(Callback):
     (lower for ``mode="min"``, higher for ``mode="max"``; ``mode="auto"`` infers the direction from the name,
     accuracy-like up and loss-like down, see `backprop.callbacks.monitor_mode`); a NaN never counts as an improvement, so a diverging
     run leaves the last good checkpoint intact. Each file's ``extra`` holds ``{"epoch": ..., "logs": {...}}``.
+    Under ``fit(..., communicator=comm)`` only rank 0 writes, then every rank waits for the file (see `save`).
     """
 
     def __init__(self, path: PathLike, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
@@ -509,5 +517,5 @@ class ModelCheckpoint(Callback):
             raise ConfigurationError(
                 f"ModelCheckpoint path {self.path!r} cannot be formatted with epoch and {sorted(logs)}: {error}"
             ) from None
-        self.last_saved = save(self.model, path, optimizer=self.optimizer,
+        self.last_saved = save(self.model, path, optimizer=self.optimizer, communicator=self.communicator,
                                extra={"epoch": epoch, "logs": {k: float(v) for k, v in logs.items()}})

@@ -56,6 +56,15 @@ class Loss:
         self.check_values(y, backend)
         return y
 
+    def share(self, part: Any, whole: Any) -> float:
+        """The weight of the loss over ``part`` (some rows of a batch's prepared targets ``whole``) in the loss
+        over ``whole``: for any split of a batch into row blocks, L(whole) = sum over blocks of share * L(block),
+        and the same for the gradients. A mean over rows or over elements gives rows(part) / rows(whole); a sum
+        gives 1. Data-parallel training weights each process's gradient by it."""
+        if getattr(self, "reduction", "mean") == "sum":
+            return 1.0
+        return part.shape[0] / whole.shape[0]
+
     def check_values(self, target: Any, backend: Any) -> None:
         """Raise if target values are outside the loss's domain (e.g. BCE targets outside [0, 1])."""
 
@@ -290,6 +299,16 @@ class CrossEntropy(Loss):
                 f"{problem}; give class indices of shape (n,), one-hot rows, or normalise the rows "
                 "(rows / rows.sum(axis=1, keepdims=True))"
             )
+
+    def share(self, part, whole):
+        """With class weights the mean divides by W = sum_i sum_k w_k t_ik, so a block weighs W(part) / W(whole)
+        (0 when the whole batch weighs 0, whose loss is 0)."""
+        if self.weight is None or self.reduction == "sum":
+            return super().share(part, whole)
+        xp = _namespace(whole)
+        weights = _weights_like(self.weight, whole, "CrossEntropy weight", whole.shape[-1], self._device_weights)
+        total = float(xp.sum(whole * weights))
+        return float(xp.sum(part * weights)) / total if total > 0 else 0.0
 
     def value_and_grad(self, prediction, target):
         xp = _namespace(prediction)

@@ -29,6 +29,12 @@ rebuilds it (``cls(**config)`` unless a combinator overrides it), which is how c
 without code. A layer that draws random numbers on the host (`Dropout`) exposes its generator's state as JSON
 data through ``random_state()`` / ``set_random_state(state)``, so checkpoints and ``fit``'s divergence restore
 keep it. Layers pickle and deep-copy: device arrays travel as host copies and come back on the same backend.
+
+Data-parallel training (`backprop.distributed`) splits each batch into contiguous row shards, one per process.
+``with layer.shard(start, stop, rows):`` tells a layer that its training forwards see rows [start, stop) of a
+batch of ``rows``: `Dropout` then draws the mask of the whole batch and keeps those rows, so every process uses
+the rows of the mask one process would have drawn. A layer whose output for one sample depends on the other
+samples of the batch (batch statistics) sets ``mixes_samples = True``; such a model cannot be split that way.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class Layer:
     in_features: int | None = None
     keeps_shape: bool = False
     enters_device_context: bool = False
+    mixes_samples: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -126,6 +133,11 @@ class Layer:
     def fixed_randomness(self) -> ContextManager:
         """Context in which repeated training forwards reuse the same random draws (e.g. dropout masks), so
         a gradient check sees a deterministic function. Layers that draw nothing return a null context."""
+        return contextlib.nullcontext()
+
+    def shard(self, start: int, stop: int, rows: int) -> ContextManager:
+        """Context in which training forwards see rows [start, stop) of a batch of ``rows`` rows (data-parallel
+        training). Layers that treat each sample on its own and draw nothing need it not: a null context."""
         return contextlib.nullcontext()
 
     def random_state(self) -> dict | None:

@@ -29,7 +29,10 @@ class BatchNorm1d(Layer):
 
     The running statistics are buffers (``layer.buffers["running_mean"]``, ``["running_var"]``, initially 0 and 1):
     they move with ``model.to(...)`` and are part of ``model.state_dict()``. A training batch needs n >= 2.
+    Its batch statistics mix the samples (``mixes_samples``), so data-parallel ``fit`` refuses it.
     """
+
+    mixes_samples = True
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()

@@ -28,6 +28,10 @@ class Dropout(Layer):
     drawn inside); `bp.gradcheck` uses it to see a deterministic function. ``last_mask`` is the last
     mask drawn, as a host array of 0 and 1/(1 - p).
 
+    ``with layer.shard(start, stop, rows):`` (data-parallel training) makes each training forward, which then sees
+    rows [start, stop) of a batch of ``rows``, draw the mask of the whole batch (so ``last_mask`` has ``rows``
+    rows) and apply its rows [start, stop): every process draws what one process would, and the masks agree.
+
     ``random_state()`` is the generator's ``bit_generator.state`` (a JSON-able dict; PCG64's two 128-bit integers
     included) and ``set_random_state(state)`` restores it: checkpoints save it and ``fit`` restores it on
     divergence, so a run resumed from a checkpoint draws the same masks as an uninterrupted run.
@@ -41,6 +45,7 @@ class Dropout(Layer):
         self.last_mask: np.ndarray | None = None
         self._generator: np.random.Generator | None = None
         self._fixed = False
+        self._shard: tuple[int, int, int] | None = None
 
     keeps_shape = True
 
@@ -57,6 +62,17 @@ class Dropout(Layer):
             yield self
         finally:
             self._fixed = False
+
+    @contextlib.contextmanager
+    def shard(self, start: int, stop: int, rows: int) -> Iterator["Dropout"]:
+        """Within the block, training forwards see rows [start, stop) of a batch of ``rows`` rows."""
+        if not 0 <= start <= stop <= rows:
+            raise ValueError(f"Dropout shard rows [{start}, {stop}) do not lie in a batch of {rows} rows")
+        self._shard = (start, stop, rows)
+        try:
+            yield self
+        finally:
+            self._shard = None
 
     def random_state(self) -> dict | None:
         return None if self._generator is None else self._generator.bit_generator.state
@@ -79,6 +95,15 @@ class Dropout(Layer):
         bit_generator.state = state
 
     def _draw_mask(self, shape: tuple) -> np.ndarray:
+        if self._shard is None:
+            return self._draw_batch_mask(shape)
+        start, stop, rows = self._shard
+        if shape[0] != stop - start:
+            raise ValueError(f"Dropout was told it sees rows [{start}, {stop}) of the batch, but its input has "
+                             f"{shape[0]} rows")
+        return self._draw_batch_mask((rows, *shape[1:]))[start:stop]
+
+    def _draw_batch_mask(self, shape: tuple) -> np.ndarray:
         if self._fixed and self.last_mask is not None:
             if self.last_mask.shape != shape:
                 raise ShapeError(
