@@ -377,6 +377,11 @@ class FitProfile:
     epoch_copies: list[list[str]]
     events: list
 
+    @property
+    def final_reads(self) -> list[str]:
+        """Host reads after the last epoch (``fit``'s check that the parameters are finite)."""
+        return segments(self.events, "epoch")[-1].reads
+
 
 class _EpochMarks(bp.callbacks.Callback):
     def on_epoch_begin(self, epoch):

@@ -105,6 +105,7 @@ def test_training_runs_in_context_with_one_host_read_per_epoch(name):
         if epoch == 0:  # the 0-d constants given to maximum/minimum are copied once, on first use
             copies = [name for name in copies if name != "asarray of host data"]
         assert copies == ["to_device"] * (1 + 4 * dropouts)  # the permutation, and a mask per batch
+    assert profile.final_reads == []  # whether the parameters are finite is part of each epoch's one read
 
 
 @pytest.mark.parametrize("name", list(STEP_OPS))
