@@ -2,11 +2,13 @@
 
 ``get_backend("cpu")``, ``get_backend("cuda:1")``, ``get_backend("array_api_strict:device1")``,
 ``get_backend("torch:cpu")``. A specifier is ``"prefix"`` or ``"prefix:argument"``; ``register_backend`` adds a
-prefix. Backends are cached per canonical specifier, so two models on ``"cuda"`` share one value.
+prefix. Backends are cached per canonical specifier, so two models on ``"cuda"`` share one value, and they pickle
+and deep-copy by specifier (``_by_specifier``).
 """
 
 from __future__ import annotations
 
+import copyreg
 from typing import Callable
 
 from .base import Backend, to_numpy
@@ -57,7 +59,15 @@ def get_backend(spec: "str | Backend") -> Backend:
         )
     backend = _FACTORIES[prefix](spec, argument or None)
     _CACHE[spec] = _CACHE[backend.spec] = backend
+    copyreg.pickle(type(backend), _by_specifier)
     return backend
+
+
+def _by_specifier(backend: Backend) -> tuple:
+    """How a backend pickles and deep-copies: by its specifier. Unpickling calls ``get_backend(spec)``, which gives
+    this process's backend for the same library and device (a CuPy backend the same GPU index), or raises
+    `DeviceError` where there is none. Registered with ``copyreg`` for each backend class ``get_backend`` makes."""
+    return (get_backend, (backend.spec,))
 
 
 _BUILTIN = set(_FACTORIES)

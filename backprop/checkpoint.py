@@ -10,18 +10,26 @@ File layout (every integer little-endian)::
     offset 8   uint32    format version (FORMAT_VERSION)
     offset 12  uint64    length J of the JSON section
     offset 20  uint32    CRC-32 of the JSON section
-    offset 24  J bytes   JSON (UTF-8): format version, architecture (``model.config()``), dtype, seed,
+    offset 24  J bytes   JSON (UTF-8): format version, architecture, per-sample input shape, dtype, seed,
                          the layers' host random states (optional), optimiser type and hyper-parameters,
                          user metadata, and the tensor table:
                          name, role, dtype (explicit byte order, e.g. "<f4"), shape, offset, length, CRC-32
     24 + J     payload   raw tensor bytes, back to back, at the offsets the table gives
 
-Tensors are host copies: parameters (``"0.weight"``), buffers (``model.named_buffers()``) and, when an optimiser
-is saved, its per-parameter slots, which live in ``parameter.state`` (``"0.weight/state/momentum"``). Layer types
-are resolved by name through ``backprop.layers.LAYERS`` and optimisers through ``backprop.optim``; no pickle, no
-``eval``: a file can only name classes that are already registered.
+Format 2 (this version writes it) stores the architecture as a tree of nodes, ``document["model"]["architecture"]
+= {"type": "Sequential", "config": {"layers": [{"type": "Dense", "config": {...}}, {"type": "Residual", "config":
+{"inner": {...}}}, ...]}}``, plus ``"input_shape"``, the per-sample shape the model was built for. Every parameter's
+shape follows from the nodes and the input shape (building the layers computes it), so a reader can check the
+tensor table against the architecture. Format 1 (backprop 0.1.0) stored a flat list, ``document["model"]["config"]
+= {"layers": [...], "dtype": ...}``, and no input shape (its first layer declared it); both are read.
 
-Random state: ``document["model"]["random_states"]`` maps a layer's index (a string, JSON's only key type) to its
+Tensors are host copies: parameters (``"0.weight"``, ``"3.inner.0.weight"``: the dotted names of
+``model.named_parameters()``), buffers (``model.named_buffers()``) and, when an optimiser is saved, its
+per-parameter slots, which live in ``parameter.state`` (``"0.weight/state/momentum"``). Layer types are resolved
+by name through ``backprop.layers.LAYERS`` (``bp.register_layer`` adds yours) and optimisers through
+``backprop.optim``; no pickle, no ``eval``: a file can only name classes that are already registered.
+
+Random state: ``document["model"]["random_states"]`` maps a layer's dotted path (``"3"``, ``"3.inner.1"``) to its
 ``layer.random_state()`` (`Dropout`'s NumPy bit-generator state, whose 128-bit integers JSON keeps exact), for the
 layers that draw random numbers, so a run resumed from the file draws the same dropout masks as one never
 interrupted. The field is optional: a file without it (written before it existed) loads with the layers' generators
@@ -52,9 +60,11 @@ from backprop.callbacks import Callback, monitor_mode
 from backprop.errors import CheckpointError, ConfigurationError, ShapeError
 from backprop.optim.base import Optimizer
 from backprop.validation import choice, flag, instance
+from backprop.layers.registry import check_configs, describe, layer_from_node
 
 MAGIC = b"\x89BPCKPT\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _FIXED_HEADER = struct.Struct("<8sIQI")  # magic, format version, JSON length, JSON CRC-32
 # Only these dtypes can be named in a file: plain little-endian numbers, never objects.
 _DTYPES = {name: np.dtype(name) for name in ("<f2", "<f4", "<f8", "<i4", "<i8", "|u1", "|b1")}
@@ -89,6 +99,7 @@ def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, 
             lambda: save(model, path, optimizer, extra) if communicator.is_root else Path(os.fspath(path)))
     if optimizer is not None:
         _check_optimizer_owns(model, optimizer)
+    check_configs(model)
     tensors: list[tuple[str, str, np.ndarray]] = [
         (name, "parameter", parameter.backend.to_numpy(parameter.value)) for name, parameter in model.named_parameters()
     ]
@@ -110,8 +121,9 @@ def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, 
     document = {
         "format": "backprop-checkpoint",
         "format_version": FORMAT_VERSION,
-        "model": {"class": type(model).__name__, "config": model.config(), "dtype": model.dtype,
-                  "seed": model.seed, "saved_on": model.device, "random_states": _random_states(model)},
+        "model": {"class": type(model).__name__, "architecture": describe(model),
+                  "input_shape": list(model.input_shape), "dtype": model.dtype, "seed": model.seed,
+                  "saved_on": model.device, "random_states": model.named_random_states()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": dict(extra or {}),
         "tensors": table,
@@ -146,12 +158,6 @@ def export_safetensors(model: Any, path: PathLike, metadata: Mapping[str, str] |
     encoded = json.dumps(header).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
     return _atomic_write(path, [struct.pack("<Q", len(encoded)), encoded, *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
-
-
-def _random_states(model: Any) -> dict[str, dict]:
-    """``{layer index: layer.random_state()}`` for the layers that have one."""
-    states = {str(index): layer.random_state() for index, layer in enumerate(model.layers)}
-    return {index: state for index, state in states.items() if state is not None}
 
 
 def _check_optimizer_owns(model: Any, optimizer: Any) -> None:
@@ -238,8 +244,8 @@ def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
     difference and nothing is changed. Returns the checkpoint's ``extra`` metadata.
     """
     document, tensors = _read(path)
-    saved_types = [layer["type"] for layer in document["model"]["config"].get("layers", [])]
-    model_types = [type(layer).__name__ for layer in model.layers]
+    saved = _architecture(document, path)
+    saved_types, model_types = _layer_types(saved), _layer_types(model)
     if saved_types != model_types:
         raise CheckpointError(f"{path} holds another architecture: layers {saved_types}, the model has {model_types}")
     _check_fit(model, tensors, path)
@@ -261,13 +267,19 @@ def _restore(
 
     document, tensors = parsed
     described = document["model"]
-    if described.get("class") != "Sequential":
-        raise CheckpointError(f"{path} holds a {described.get('class')!r} model; this backprop rebuilds Sequential only")
-    layers = [_build_layer(index, entry, path) for index, entry in enumerate(described["config"].get("layers", []))]
+    saved = _architecture(document, path)
+    input_shape = described.get("input_shape")
     try:
-        model = Sequential(*layers, device=device or "cpu", dtype=dtype or described["dtype"], seed=described.get("seed"))
-    except ShapeError as error:
+        if input_shape is not None and saved.input_shape == tuple(input_shape):
+            input_shape = None  # the layers declare it: the rebuilt model's config stays the saved one
+        model = Sequential(*saved.layers, input_shape=input_shape,
+                           device=device or "cpu", dtype=dtype or described["dtype"], seed=described.get("seed"))
+    except (ShapeError, ConfigurationError) as error:
         raise CheckpointError(f"{path}: the saved layers do not chain: {error}") from None
+    if not model.built:  # only a file of format 1 whose layers declare no input width, and so have no parameters
+        if tensors:
+            raise CheckpointError(f"{path} holds tensors but no input shape to build its model for")
+        return Checkpoint(model=model, optimizer=None, extra=document["extra"])
     _check_fit(model, tensors, path)
     _restore_random_states(model, document, path)
     model.load_state_dict({name: host for name, (role, host) in tensors.items() if role in ("parameter", "buffer")})
@@ -278,25 +290,30 @@ def _restore(
     return Checkpoint(model=model, optimizer=optimizer, extra=document["extra"])
 
 
-def _build_layer(index: int, entry: Any, path: PathLike) -> Any:
-    from backprop.layers import LAYERS
+def _layer_types(model: Any) -> list[str]:
+    """The layers' class names in tree order, nested ones behind their dotted path (``"3.inner.0: Dense"``)."""
+    return [type(layer).__name__ if "." not in name else f"{name}: {type(layer).__name__}"
+            for name, layer in model.named_layers()]
 
-    if not isinstance(entry, dict) or not isinstance(entry.get("config", {}), dict):
-        raise CheckpointError(
-            f"{path}: layer {index} is described as {entry!r}, not as {{'type': ..., 'config': {{...}}}}"
-        )
-    kind = entry.get("type")
-    if kind not in LAYERS:
-        raise CheckpointError(
-            f"{path}: layer {index} has unknown type {kind!r}; known: {', '.join(sorted(LAYERS))}. "
-            "A layer class of your own must be registered with backprop.layers.register_layer before loading"
-        )
+
+def _architecture(document: dict, path: PathLike) -> Any:
+    """The saved architecture as an unbuilt `Sequential` (format 2: a tree of nodes; format 1: a list of layers)."""
+    described = document["model"]
+    if not isinstance(described, dict) or described.get("class") != "Sequential":
+        kind = described.get("class") if isinstance(described, dict) else described
+        raise CheckpointError(f"{path} holds a {kind!r} model; this backprop rebuilds Sequential only")
+    if document["format_version"] == 1:
+        config = described.get("config")
+        layers = config.get("layers") if isinstance(config, dict) else None
+        node = {"type": "Sequential", "config": {"layers": layers}}
+    else:
+        node = described.get("architecture")
+    if not isinstance(node, dict) or node.get("type") != "Sequential":
+        raise CheckpointError(f"{path}: the architecture {node!r} is not a Sequential node")
     try:
-        return LAYERS[kind](**entry.get("config", {}))
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: layer {index} ({kind}) cannot be rebuilt from {entry.get('config')!r}: {error}"
-        ) from None
+        return layer_from_node(node, "the model")
+    except (ConfigurationError, ShapeError) as error:
+        raise CheckpointError(f"{path}: {error}") from None
 
 
 def _optimizer_class(name: Any, path: PathLike) -> type:
@@ -349,13 +366,13 @@ def _restore_random_states(model: Any, document: dict, path: PathLike) -> None:
     """Give each layer its saved random state; on any misfit raise `CheckpointError` with every layer unchanged."""
     saved = document["model"].get("random_states", {})
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: the layers' random states are {saved!r}, not a {{layer index: state}} object")
-    layers = {str(index): layer for index, layer in enumerate(model.layers)}
-    previous = [(layer, layer.random_state()) for layer in model.layers]
+        raise CheckpointError(f"{path}: the layers' random states are {saved!r}, not a {{layer path: state}} object")
+    layers = dict(model.named_layers())
+    previous = [(layer, layer.random_state()) for layer in layers.values()]
     try:
         for key, state in saved.items():
             if key not in layers:
-                raise ValueError(f"the model has no layer {key!r}, its layers are 0 to {len(layers) - 1}")
+                raise ValueError(f"the model has no layer {key!r}; its layers are {', '.join(layers)}")
             layers[key].set_random_state(state)
     except ValueError as error:
         for layer, state in previous:
@@ -407,11 +424,12 @@ def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
         raise CheckpointError(
             f"{path} is not a backprop checkpoint (it starts with {magic!r}, not the magic bytes {MAGIC!r})"
         )
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         cause = ("it was written by a newer backprop: upgrade backprop to read it (unless the file is corrupted)"
                  if version > FORMAT_VERSION else "the file is corrupted")
         raise CheckpointError(
-            f"{path} has checkpoint format version {version}, this backprop reads version {FORMAT_VERSION}; {cause}"
+            f"{path} has checkpoint format version {version}, this backprop reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; {cause}"
         )
     payload_start = _FIXED_HEADER.size + json_length
     if payload_start > len(data):

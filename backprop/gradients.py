@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import numpy as np
 
 from backprop.data import check_finite, host_array, to_backend
-from backprop.errors import GradientCheckError
+from backprop.errors import ConfigurationError, GradientCheckError
+from backprop.layers.registry import check_configs
 from backprop.losses import Loss
 
 
@@ -50,49 +52,78 @@ def value_and_grad(model: Any, loss: Loss, x: Any, y: Any, penalty: Any = None) 
 
 def gradcheck(
     model: Any, loss: Loss, x: Any, y: Any, eps: float = 1e-6, tol: float = 1e-5, floor: float | None = None,
-    penalty: Any = None, device: "str | None" = None,
+    penalty: Any = None, device: "str | None" = None, entries: int | None = None, seed: int = 0,
 ) -> float:
-    """Compare analytic gradients with central differences (f(w+eps) - f(w-eps)) / 2eps, in float64.
+    """Compare analytic gradients, of every parameter and of the input (dL/dx), with central differences
+    (f(w+eps) - f(w-eps)) / 2eps, in float64. Works on any model, nested and residual ones included.
 
-    The check runs on a float64 copy of the model, so a float32 model is checked without float32 rounding
-    noise. The copy runs on ``device``; by default on the model's own device when that is the host's (NumPy,
-    array-api-strict, torch:cpu) and supports float64, else on the CPU: two loss evaluations and a host read per
-    parameter entry would make a GPU wait thousands of times for nothing a CPU cannot check as well. For each element the relative error is
-    |analytic - numeric| / max(|analytic|, |numeric|, floor). Returns the largest; raises
-    `GradientCheckError` naming the parameter and element where it exceeds ``tol``.
+    The check runs on a float64 clone of the model (``model.clone(device, "float64")``), so a
+    float32 model is checked without float32 rounding noise and the model itself is left as it was. The clone
+    runs on ``device``; by default on the model's own device when that is the host's (NumPy, array-api-strict,
+    torch:cpu) and supports float64, else on the CPU: two loss evaluations and a host read per entry would make
+    a GPU wait thousands of times for nothing a CPU cannot check as well. For each element the relative error is
+    |analytic - numeric| / max(|analytic|, |numeric|, floor). Returns the largest; raises `GradientCheckError`
+    naming the parameter (or the input) and element where it exceeds ``tol``.
 
-    ``floor`` keeps near-zero gradients from failing on rounding noise: each loss evaluation rounds at about
-    1e-16 |L|, so a central difference carries an error of about 1e-16 |L| / eps (1e-10 |L| for eps = 1e-6),
-    and entries much smaller than that cannot be checked relatively. The default floor, 1e-4 max(|L|, 1e-8),
-    checks them in absolute terms instead, to tol * floor.
+    ``entries=K`` checks K entries per parameter (and of the input) drawn without replacement from
+    ``numpy.random.default_rng(seed)`` instead of all of them: two loss evaluations per entry make a full check of
+    a large model slow. ``floor`` keeps near-zero gradients from failing on rounding noise: each loss evaluation
+    rounds at about 1e-16 |L|, so a central difference carries an error of about 1e-16 |L| / eps (1e-10 |L| for
+    eps = 1e-6), and entries much smaller than that cannot be checked relatively. The default floor,
+    1e-4 max(|L|, 1e-8), checks them in absolute terms instead, to tol * floor.
 
-    Layers that draw random numbers (`Dropout`) run inside their ``fixed_randomness()``: every forward of the
-    check reuses the first draw. A ``penalty`` is added to the loss, as in `loss_and_backward`.
+    Every layer must rebuild from its ``config()`` (`ConfigurationError` says what to implement otherwise): a
+    layer that cannot is one a checkpoint could not restore. Layers that draw random numbers (`Dropout`) run
+    inside their ``fixed_randomness()``: every forward of the check reuses the first draw. A ``penalty`` is added
+    to the loss, as in `loss_and_backward`.
     """
-    from backprop.model import Sequential
-
+    check_configs(model)
+    if entries is not None and (isinstance(entries, bool) or not isinstance(entries, int) or entries < 1):
+        raise ConfigurationError(f"entries must be a positive integer (entries checked per parameter), got {entries!r}")
     if device is None:
         device = model.device if model.backend.supports("float64") and _on_host(model.backend) else "cpu"
-    twin = Sequential(*Sequential.from_config(model.config()).layers, input_shape=model.input_shape, device=device,
-                      dtype="float64")
-    twin.load_state_dict(model.state_dict())
+    twin = model.clone(device, "float64")
+    backend = twin.backend
     x_host = np.asarray(model.backend.to_numpy(x) if model.backend.owns(x) else host_array(x, "x"), dtype=np.float64)
     y_host = model.backend.to_numpy(y) if model.backend.owns(y) else host_array(y, "y")
+    check_finite(twin.as_input(x_host), backend, "input")
 
-    def loss_at() -> float:
-        output = twin.forward(x_host, training=True)[0]
-        with twin.backend.activate():
-            target = loss.prepare_target(y_host, twin.backend, twin._dtype, tuple(output.shape))
+    def loss_at(inputs: np.ndarray) -> float:
+        output = twin.forward(inputs, training=True)[0]
+        with backend.activate():
+            target = loss.prepare_target(y_host, backend, twin._dtype, tuple(output.shape))
             value = loss(output, target)
             return float(value if penalty is None else value + penalty(twin))
 
     with contextlib.ExitStack() as fixed:
-        for layer in twin.layers:
+        for _, layer in twin.named_layers():
             fixed.enter_context(layer.fixed_randomness())
-        value, analytic = value_and_grad(twin, loss, x_host, y_host, penalty=penalty)
+        twin.zero_grad()
+        output, backward = twin.forward(x_host, training=True)
+        with backend.activate():
+            target = loss.prepare_target(y_host, backend, twin._dtype, tuple(output.shape))
+            value, grad_output = loss.value_and_grad(output, target)
+        input_grad = np.array(backend.to_numpy(backward(grad_output)), dtype=np.float64, copy=True)
+        if penalty is not None:
+            with backend.activate():
+                value = value + penalty.accumulate(twin)
+        value = float(value)
         if floor is None:
             floor = 1e-4 * max(abs(value), 1e-8)
-        return _compare(twin, analytic, loss_at, eps, tol, floor)
+        rng = np.random.default_rng(seed)
+        worst = 0.0
+        for name, parameter in twin.named_parameters():
+            analytic = np.array(backend.to_numpy(parameter.grad), dtype=np.float64, copy=True)
+
+            def loss_with(values: np.ndarray, parameter: Any = parameter) -> float:
+                parameter.value = backend.to_device(values, twin._dtype)
+                return loss_at(x_host)
+
+            values = np.array(backend.to_numpy(parameter.value), dtype=np.float64, copy=True)
+            worst = max(worst, _compare(repr(name), analytic, values, loss_with, _sample(values.shape, entries, rng),
+                                        eps, tol, floor))
+        return max(worst, _compare("the input x", input_grad, x_host.copy(), loss_at,
+                                   _sample(x_host.shape, entries, rng), eps, tol, floor))
 
 
 def _on_host(backend: Any) -> bool:
@@ -100,30 +131,35 @@ def _on_host(backend: Any) -> bool:
     return backend.library != "cupy" and getattr(backend.device, "type", "cpu") != "cuda"
 
 
-def _compare(twin: Any, analytic: dict, loss_at: Any, eps: float, tol: float, floor: float) -> float:
-    """gradcheck's element-by-element comparison on the float64 twin; returns the largest relative error."""
+def _sample(shape: tuple, entries: int | None, rng: np.random.Generator) -> list[tuple]:
+    """Every index of ``shape``, or ``entries`` of them drawn without replacement (in increasing order)."""
+    size = math.prod(shape)
+    if entries is None or entries >= size:
+        return list(np.ndindex(shape))
+    chosen = np.sort(rng.choice(size, size=entries, replace=False))
+    return [tuple(int(i) for i in np.unravel_index(flat, shape)) for flat in chosen]
+
+
+def _compare(what: str, analytic: np.ndarray, values: np.ndarray, loss_with: Any, indices: list[tuple],
+             eps: float, tol: float, floor: float) -> float:
+    """Central differences of ``loss_with(values)`` at ``indices`` against ``analytic``; ``values`` is restored
+    (and given to ``loss_with`` once more) at the end. Returns the largest relative error."""
     worst = 0.0
-    for name, parameter in twin.named_parameters():
-        values = np.array(twin.backend.to_numpy(parameter.value), dtype=np.float64, copy=True)
-        numeric = np.empty_like(values)
-        for index in np.ndindex(values.shape):
-            original = values[index]
-            values[index] = original + eps
-            parameter.value = twin.backend.to_device(values, twin._dtype)
-            plus = loss_at()
-            values[index] = original - eps
-            parameter.value = twin.backend.to_device(values, twin._dtype)
-            minus = loss_at()
-            values[index] = original
-            numeric[index] = (plus - minus) / (2 * eps)
-        parameter.value = twin.backend.to_device(values, twin._dtype)
-        errors = np.abs(analytic[name] - numeric) / np.maximum(np.maximum(np.abs(analytic[name]), np.abs(numeric)), floor)
-        if errors.size:
-            at = np.unravel_index(int(np.argmax(errors)), errors.shape)
-            if errors[at] > tol:
-                raise GradientCheckError(
-                    f"gradient of {name!r} at {tuple(int(i) for i in at)}: analytic {analytic[name][at]:.10g}, "
-                    f"finite differences {numeric[at]:.10g} (relative error {errors[at]:.3g} > {tol:g})"
-                )
-            worst = max(worst, float(errors[at]))
+    for index in indices:
+        original = values[index]
+        values[index] = original + eps
+        plus = loss_with(values)
+        values[index] = original - eps
+        minus = loss_with(values)
+        values[index] = original
+        numeric = (plus - minus) / (2 * eps)
+        error = abs(analytic[index] - numeric) / max(abs(analytic[index]), abs(numeric), floor)
+        if error > tol:
+            loss_with(values)
+            raise GradientCheckError(
+                f"gradient of {what} at {index}: analytic {analytic[index]:.10g}, finite differences "
+                f"{numeric:.10g} (relative error {error:.3g} > {tol:g})"
+            )
+        worst = max(worst, float(error))
+    loss_with(values)
     return worst

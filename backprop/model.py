@@ -11,6 +11,7 @@ by ``backprop.layers.base.Layer``'s methods; see there for the naming rule (``"3
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, Iterator, Mapping
 
@@ -131,6 +132,15 @@ class Sequential(Layer):
     def place(self, backend: Any, dtype: Any) -> None:
         self.backend, self._dtype, self.dtype = backend, dtype, dtype_name(backend, dtype)
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)  # the buffers are the children's; dtype is a name here
+        state["_dtype"] = self.dtype
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["_dtype"] = state["backend"].dtype(state["_dtype"])
+        self.__dict__.update(state)
+
     def children(self) -> Iterator[tuple[str, Layer]]:
         for index, layer in enumerate(self.layers):
             yield str(index), layer
@@ -215,6 +225,15 @@ class Sequential(Layer):
             layer.buffers = {k: move(v) for k, v in layer.buffers.items()}
             layer.place(target, new_dtype)
         return self
+
+    def clone(self, device: "str | Backend | None" = None, dtype: str | None = None) -> "Sequential":
+        """An independent deep copy (parameters, gradients, optimiser slots, buffers, random states) on ``device``
+        in ``dtype`` (by default the model's). Every array goes through the host, so the model's device is only
+        read (``copy.deepcopy(model)`` is the same on the model's own device)."""
+        self._require_built()
+        target = self.backend if device is None else get_backend(device)
+        twin = copy.deepcopy(self, {id(self.backend): target})
+        return twin if dtype is None or dtype == twin.dtype else twin.to(target, dtype)
 
     @property
     def device(self) -> str:

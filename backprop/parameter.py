@@ -81,6 +81,13 @@ class Parameter:
             self._grad = left @ right
         self._spare = None
 
+    def __reduce__(self) -> tuple:
+        """Pickle (and deep-copy) through host copies: the arrays come back on the same backend, rebuilt from its
+        specifier (a CuPy array onto the same GPU index, or `DeviceError` where there is none)."""
+        to_host = self.backend.to_numpy
+        return (_rebuild, (self.name, to_host(self.value), None if self._grad is None else to_host(self._grad),
+                           {slot: to_host(value) for slot, value in self.state.items()}, self.backend))
+
     def zero_grad(self) -> None:
         if self._grad is not None:
             self._spare = self._grad
@@ -92,3 +99,11 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.shape})"
+
+
+def _rebuild(name: str, value: Any, grad: Any, state: dict, backend: Any) -> Parameter:
+    """A `Parameter` from the host copies ``Parameter.__reduce__`` made."""
+    parameter = Parameter(name, backend.to_device(value), backend)
+    parameter.grad = None if grad is None else backend.to_device(grad)
+    parameter.state = {slot: backend.to_device(host) for slot, host in state.items()}
+    return parameter

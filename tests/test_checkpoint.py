@@ -245,10 +245,10 @@ def test_every_flipped_byte_is_detected(saved):
 
 
 def test_a_newer_format_version_is_refused(saved, monkeypatch):
-    monkeypatch.setattr(ckpt, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(ckpt, "FORMAT_VERSION", 3)
     bp.save(make_model(), saved)
-    monkeypatch.setattr(ckpt, "FORMAT_VERSION", 1)
-    with pytest.raises(CheckpointError, match="format version 2, this backprop reads version 1; it was written by a newer backprop: upgrade"):
+    monkeypatch.setattr(ckpt, "FORMAT_VERSION", 2)
+    with pytest.raises(CheckpointError, match="format version 3, this backprop reads versions 1, 2; it was written by a newer backprop: upgrade"):
         bp.load(saved)
 
 
@@ -372,7 +372,7 @@ def test_a_corrupted_random_state_is_refused_and_changes_nothing(change, message
 def test_random_states_that_are_not_an_object_are_refused(tmp_path):
     path = bp.save(make_dropout_model(), tmp_path / "m.bpk")
     rewrite_header(path, lambda document: document["model"].update(random_states=[None, {}, None]))
-    with pytest.raises(CheckpointError, match=r"random states are \[None, \{\}, None\], not a \{layer index: state\}"):
+    with pytest.raises(CheckpointError, match=r"random states are \[None, \{\}, None\], not a \{layer path: state\}"):
         bp.load_checkpoint(path)
 
 

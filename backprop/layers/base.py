@@ -192,6 +192,23 @@ class Layer:
         for parameter in self.parameters():
             parameter.zero_grad()
 
+    # -- pickling and deep copies ---------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """The attributes, with buffers as host copies and the dtype by name (parameters pickle themselves and
+        the backend by its specifier), so a layer pickles whatever library its arrays belong to."""
+        state = dict(self.__dict__)
+        if self.backend is not None:
+            state["buffers"] = {name: self.backend.to_numpy(value) for name, value in self.buffers.items()}
+            state["dtype"] = dtype_name(self.backend, self.dtype)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        backend = state.get("backend")
+        if backend is not None:
+            state["dtype"] = backend.dtype(state["dtype"])
+            state["buffers"] = {name: backend.to_device(value) for name, value in state["buffers"].items()}
+        self.__dict__.update(state)
+
     # -- describing -----------------------------------------------------------------------------------------
     def config(self) -> dict:
         """Constructor arguments as JSON-able data; ``type(self).from_config(config())`` rebuilds the layer."""

@@ -7,6 +7,7 @@ name classes registered here: nothing is imported or executed on load.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from backprop.errors import ConfigurationError
@@ -46,3 +47,25 @@ def layer_from_node(node: Any, where: str = "layer") -> Layer:
         return LAYERS[kind].from_config(node.get("config", {}))
     except (TypeError, ValueError) as error:
         raise ConfigurationError(f"{where} ({kind}) cannot be rebuilt from {node.get('config')!r}: {error}") from None
+
+
+def check_configs(model: Layer) -> None:
+    """Raise `ConfigurationError` unless every layer of ``model``'s tree rebuilds from its ``config()``: JSON data
+    that ``from_config`` turns back into a layer with the same description."""
+    for path, layer in [("the model", model), *model.named_layers()]:
+        node = describe(layer)
+        try:
+            json.dumps(node)
+            rebuilt = describe(type(layer).from_config(node["config"]))
+        except (TypeError, ValueError) as error:
+            problem = f"{type(error).__name__}: {error}"
+        else:
+            if rebuilt == node:
+                continue
+            problem = f"the rebuilt layer describes itself as {rebuilt['config']!r}"
+        raise ConfigurationError(
+            f"layer {path} ({type(layer).__name__}) cannot be rebuilt from its config() {node['config']!r} "
+            f"({problem}). Implement config() to return the constructor's arguments as JSON data (numbers, "
+            "strings, lists, dicts), so that type(layer)(**layer.config()) rebuilds it, or override the classmethod "
+            "from_config; see the README's 'Writing a layer'"
+        )
