@@ -8,7 +8,7 @@ of R, whose contiguous rows B_r are ``comm.rows(n)`` (n_r rows, possibly none)::
                                       class-weighted cross-entropy, 1 for a sum; so sum_r s_r L(B_r) = L(B)
     g = sum_r g_r                     one in-place Allreduce of one flat contiguous host buffer
     g += dR/dw                        the penalty once, on the reduced gradient (every rank, identically)
-    clip(g); optimizer.step()         clipping and the update act after the reduction
+    optimizer.step()                  the update (and clipping, where the optimiser clips first) acts on g
 
 so every rank applies the same update to the same parameters, and the replicas stay identical. Dropout draws
 the mask of the whole batch B and applies the rows of B_r (``Layer.shard``), so masks are the single-process
@@ -107,17 +107,21 @@ class DataParallel:
         self.gradients = GradientBuffer(model.parameters(), np.dtype(model.dtype))
 
     # -- before training ------------------------------------------------------------------------------------
-    def agree(self, settings: dict[str, Any]) -> None:
-        """`ConfigurationError` on every rank unless ``settings`` and the model's structure agree."""
+    def collectively(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)``, with an error on any rank raised on every rank (`Communicator.collectively`)."""
+        return self.comm.collectively(function, *args)
+
+    def agree(self, optimizer: Any, settings: dict[str, Any]) -> Any:
+        """Before the first step: refuse (on every rank) ``settings`` or a model structure that differ between
+        ranks, make the replicas equal (`synchronise`) and return the seed every rank uses: ``settings["seed"]``,
+        or for ``None`` fresh entropy drawn on rank 0."""
         structure = [(name, p.shape) for name, p in self.model.named_parameters()]
         self.comm.check_same({**settings, "the model's parameters": structure})
-
-    def shared_seed(self, seed: Any) -> Any:
-        """``seed`` itself, or for ``seed=None`` fresh entropy drawn on rank 0 and given to every rank."""
+        self.synchronise(optimizer)
+        seed = settings["seed"]
         if seed is not None:
             return seed
-        words = np.random.SeedSequence().generate_state(2, dtype=np.uint64)
-        words = self.comm.broadcast(words.astype(np.uint64))
+        words = self.comm.broadcast(np.random.SeedSequence().generate_state(2, dtype=np.uint64))
         return int(words[0]) << 64 | int(words[1])
 
     def synchronise(self, optimizer: Any) -> bool:
@@ -163,11 +167,11 @@ class DataParallel:
         return arrays, text
 
     # -- training -------------------------------------------------------------------------------------------
-    def step(self, loss: Any, x: Any, y: Any, optimizer: Any, penalty: Any = None,
-             before_update: Callable[[], None] | None = None) -> Any:
-        """One step on the global batch (x, y) (prepared targets): this rank's share of the loss, reduced
-        gradients, the penalty, ``before_update()`` (clipping), the update. Returns s_r L(B_r) as a 0-d device
-        array, plus R(w) on rank 0, so that the sum over ranks is the single-process batch loss."""
+    def step(self, loss: Any, x: Any, y: Any, optimizer: Any, penalty: Any = None) -> Any:
+        """One step on the global batch (x, y) (prepared targets): this rank's share of the loss, the reduced
+        gradients, the penalty, ``optimizer.step()`` (gradient clipping done there, in a subclass that clips
+        before updating, acts on the reduced gradient). Returns s_r L(B_r) as a 0-d device array, plus R(w) on
+        rank 0, so that the sum over ranks is the single-process batch loss."""
         model, comm = self.model, self.comm
         rows = x.shape[0]
         start, stop = comm.rows(rows)
@@ -194,36 +198,32 @@ class DataParallel:
                 regulariser = penalty.accumulate(model)
                 if comm.is_root:
                     value = value + regulariser
-        if before_update is not None:
-            before_update()
         optimizer.step()
         return value
 
-    def evaluate(self, inputs: Any, targets: Any, loss: Any, metrics: dict, bounds: list[tuple[int, int]],
-                 evaluate: Callable[..., dict]) -> dict[str, list]:
+    def evaluate(self, inputs: Any, targets: Any, loss: Any, metrics: dict, bounds: list[tuple[int, int]]) -> dict:
         """Per-batch loss and metrics of this rank's rows of each batch, weighted by its share (the loss's
         ``share`` for the loss, rows for metrics, which are means over samples): summed over ranks they are the
-        single-process values. ``evaluate`` is fit's per-batch evaluation of (inputs, targets, loss, metrics,
-        bounds); batches without rows here contribute zeros."""
-        xp, backend = self.model.backend.xp, self.model.backend
-        series: dict[str, list] = {}
+        single-process values. Batches without rows here contribute zeros."""
+        from backprop.training import _evaluate
+
+        model, backend = self.model, self.model.backend
+        names = (["loss"] if loss is not None else []) + list(metrics)
+        series: dict[str, list] = {name: [] for name in names}
         for start, stop in bounds:
             first, last = self.comm.rows(stop - start)
-            names = (["loss"] if loss is not None else []) + list(metrics)
-            if last > first:
-                part = evaluate(self.model, inputs, targets, loss, metrics, [(start + first, start + last)])
-                whole = targets[start:stop, ...]
-                rows_share = (last - first) / (stop - start)
-                with backend.activate():
+            with backend.activate():
+                if last == first:
+                    zero = backend.xp.zeros((), dtype=model._dtype, device=backend.device)
                     for name in names:
-                        weight = loss.share(targets[start + first:start + last, ...], whole) if name == "loss" \
-                            else rows_share
-                        series.setdefault(name, []).append(part[name][0] * weight)
-            else:
-                with backend.activate():
-                    zero = xp.zeros((), dtype=self.model._dtype, device=backend.device)
+                        series[name].append(zero)
+                    continue
+                part = _evaluate(model, inputs, targets, loss, metrics, [(start + first, start + last)])
+                rows = (last - first) / (stop - start)
                 for name in names:
-                    series.setdefault(name, []).append(zero)
+                    weight = rows if name != "loss" else \
+                        loss.share(targets[start + first:start + last, ...], targets[start:stop, ...])
+                    series[name].append(part[name][0] * weight)
         return series
 
     def reduce(self, host: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -236,6 +236,18 @@ class DataParallel:
             count = len(host[name])
             result[name], start = flat[start:start + count].tolist(), start + count
         return result
+
+
+    def epoch_end(self, callbacks: list, epoch: int, logs: dict[str, float]) -> bool:
+        """Every rank runs the callbacks (an error on one rank is raised on all); training stops on every rank if
+        any rank's callbacks set ``model.stop_training``."""
+        def run() -> None:
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
+
+        self.comm.collectively(run)
+        self.model.stop_training = self.comm.any(self.model.stop_training)
+        return self.model.stop_training
 
 
 def _layers(model: Any) -> list:

@@ -30,6 +30,14 @@ restores the parameters, their optimiser slots (momentum, ...), the buffers, the
 mask generators, so a retry of the epoch draws the same masks) and the optimiser's step count to their values at
 the start of that epoch, the last state known to be finite, and raises `DivergenceError` naming the epoch and the
 first non-finite batch (``error.epoch`` and ``error.batch``, counted from 1).
+
+The loop's hooks: what differs between one process and a data-parallel MPI job is held by one object with five
+methods, `_OneProcess` here and `backprop.data_parallel.DataParallel` for ``fit(..., communicator=comm)`` with
+more than one rank: ``collectively(function, *args)`` (the argument and data checks, decided together),
+``step(loss, x, y, optimizer, penalty)`` (one batch's training step, returning its loss as a 0-d device array),
+``evaluate(inputs, targets, loss, metrics, bounds)`` (per-batch losses and metrics in inference mode),
+``reduce(host)`` (the epoch's per-batch values once read on the host, before they become the logs) and
+``epoch_end(callbacks, epoch, logs)`` (the callbacks, and whether any of them stopped training).
 """
 
 from __future__ import annotations
@@ -247,6 +255,7 @@ def fit(
     verbose: int = 1,
     initial_epoch: int = 0,
     penalty: "Penalty | None" = None,
+    communicator: Any = None,
 ) -> History:
     """Train ``model`` on (x, y) for ``epochs`` passes; return the `History`.
 
@@ -259,7 +268,136 @@ def fit(
     `backprop.penalties.Penalty`): every step minimises loss + R(w), as ``loss_and_backward(..., penalty=)``
     does, and the logged ``"loss"`` includes R(w) (validation losses and metrics do not). Every argument and the data are checked before the first step. On a NaN or infinite
     loss the state at the start of the epoch is restored and `DivergenceError` is raised (see the module doc).
+    ``communicator`` (`backprop.distributed.init()`): train together with the other ranks of an MPI job, each on
+    its rows of every batch, with the single-process result (``batch_size`` is the global batch; every rank gets
+    the same History; only rank 0 prints and, through ModelCheckpoint, writes); see `backprop.data_parallel`.
     """
+    together = communicator is not None and communicator.size > 1
+    (epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation) = (
+        communicator.collectively if together else _call)(
+        _check_arguments, model, x, y, loss, optimizer, epochs, batch_size, shuffle, seed, validation_data, metrics,
+        callbacks, verbose, initial_epoch, penalty)
+    samples = inputs.shape[0]
+    if together:
+        from backprop.data_parallel import DataParallel
+
+        hooks: Any = communicator.collectively(DataParallel, communicator, model)
+        rng = np.random.default_rng(hooks.agree(optimizer, {
+            "seed": seed, "epochs": epochs, "initial_epoch": initial_epoch, "batch_size": batch_size,
+            "shuffle": shuffle, "samples": samples, "metrics": list(named_metrics), "loss": repr(loss),
+            "validation samples": None if validation is None else validation[0].shape[0],
+            "optimizer": repr(optimizer), "penalty": repr(penalty)}))
+        verbose = verbose if communicator.is_root else 0
+    else:
+        hooks = _OneProcess(model)
+    for callback in callbacks:
+        if hasattr(callback, "communicator"):
+            callback.communicator = communicator
+
+    backend, xp = model.backend, model.backend.xp
+    bounds = _bounds(samples, batch_size)
+    sizes = _sizes(bounds)
+    validation_bounds = _bounds(validation[0].shape[0], batch_size) if validation is not None else []
+    validation_sizes = _sizes(validation_bounds)
+    history, logs = History(), {}
+    model.stop_training = False
+    for callback in callbacks:
+        callback.on_train_begin(model)
+    progress = _Progress(epochs, verbose, initial_epoch)
+    snapshot = _Snapshot(model, optimizer)
+    shuffling = shuffle and len(bounds) > 1
+    for _ in range(initial_epoch if shuffling else 0):  # the orders the resumed epochs' predecessors saw
+        rng.permutation(samples)
+    try:
+        for epoch in range(initial_epoch, epochs):
+            for callback in callbacks:
+                callback.on_epoch_begin(epoch)
+            snapshot.take()
+            epoch_inputs, epoch_targets = inputs, targets
+            if shuffling:
+                order = backend.to_device(rng.permutation(samples), None)
+                with backend.activate():
+                    epoch_inputs = xp.take(inputs, order, axis=0)
+                    epoch_targets = xp.take(targets, order, axis=0)
+            batch_losses = []
+            for start, stop in bounds:
+                with backend.activate():
+                    batch_inputs, batch_targets = epoch_inputs[start:stop, ...], epoch_targets[start:stop, ...]
+                batch_losses.append(hooks.step(loss, batch_inputs, batch_targets, optimizer, penalty))
+            series = {"loss": batch_losses, _FINITE: _parameters_finite(model)}
+            series.update(hooks.collectively(_epoch_scores, hooks, inputs, targets, bounds, validation,
+                                             validation_bounds, loss, named_metrics))
+            host = hooks.reduce(_read(model, series))
+            if not all(map(math.isfinite, host["loss"])):
+                batch = next(index for index, value in enumerate(host["loss"]) if not math.isfinite(value))
+                snapshot.restore()
+                raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
+                                  len(bounds), optimizer)
+            if not all(host.pop(_FINITE)):  # a step overflowed the weights although every loss was finite
+                snapshot.restore()
+                raise _divergence("the parameters became NaN or infinite", epoch, epochs, len(bounds) - 1,
+                                  len(bounds), optimizer)
+            logs = {name: _weighted_mean(values, validation_sizes if name.startswith("val_") else sizes)
+                    for name, values in host.items()}
+            history.append(epoch, logs)
+            progress.update(epoch, logs)
+            if hooks.epoch_end(callbacks, epoch, logs):
+                break
+    finally:
+        progress.close()
+    for callback in callbacks:
+        callback.on_train_end(logs)
+    return history
+
+
+class _OneProcess:
+    """The loop's hooks in one process (see the module doc); `backprop.data_parallel.DataParallel` is the other."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def collectively(self, function: Any, *args: Any) -> Any:
+        return function(*args)
+
+    def step(self, loss: Loss, x: Any, y: Any, optimizer: Optimizer, penalty: "Penalty | None") -> Any:
+        value = loss_and_backward(self.model, loss, x, y, penalty=penalty, prepared=True)
+        optimizer.step()
+        return value
+
+    def evaluate(self, inputs: Any, targets: Any, loss: Loss | None, metrics: dict[str, Metric],
+                 bounds: list[tuple[int, int]]) -> dict[str, list]:
+        return _evaluate(self.model, inputs, targets, loss, metrics, bounds)
+
+    def reduce(self, host: dict[str, list[float]]) -> dict[str, list[float]]:
+        return host
+
+    def epoch_end(self, callbacks: list, epoch: int, logs: dict[str, float]) -> bool:
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs)
+        return bool(self.model.stop_training)
+
+
+def _call(function: Any, *args: Any) -> Any:
+    return function(*args)
+
+
+def _epoch_scores(hooks: Any, inputs: Any, targets: Any, bounds: list, validation: Any, validation_bounds: list,
+                  loss: Loss, metrics: dict[str, Metric]) -> dict[str, list]:
+    """The epoch's training metrics and validation loss and metrics, per batch, as 0-d device arrays."""
+    series: dict[str, list] = {}
+    if metrics:
+        series.update(hooks.evaluate(inputs, targets, None, metrics, bounds))
+    if validation is not None:
+        scores = hooks.evaluate(*validation, loss, metrics, validation_bounds)
+        series.update({f"val_{name}": values for name, values in scores.items()})
+    return series
+
+
+def _check_arguments(model: Any, x: Any, y: Any, loss: Loss, optimizer: Optimizer, epochs: Any, batch_size: Any,
+                     shuffle: Any, seed: Any, validation_data: Any, metrics: Any, callbacks: Any, verbose: Any,
+                     initial_epoch: Any, penalty: Any) -> tuple:
+    """fit's checks of every argument and of the data, which they copy to the device once; returns (epochs,
+    batch_size, callbacks, metrics, shuffle, rng, inputs, targets, validation)."""
     instance(loss, Loss, "loss", "a backprop loss such as bp.losses.MeanSquaredError()")
     instance(optimizer, Optimizer, "optimizer", "a backprop optimiser such as bp.optim.SGD(model.parameters(), lr=0.1)")
     owned = {id(p) for p in model.parameters()}
@@ -299,68 +437,7 @@ def fit(
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ConfigurationError("validation_data must be a pair (x_val, y_val)")
         validation = _prepare(model, *validation_data, loss, "validation")
-
-    backend, xp = model.backend, model.backend.xp
-    bounds = _bounds(samples, batch_size)
-    sizes = _sizes(bounds)
-    validation_bounds = _bounds(validation[0].shape[0], batch_size) if validation is not None else []
-    validation_sizes = _sizes(validation_bounds)
-    history, logs = History(), {}
-    model.stop_training = False
-    for callback in callbacks:
-        callback.on_train_begin(model)
-    progress = _Progress(epochs, verbose, initial_epoch)
-    snapshot = _Snapshot(model, optimizer)
-    shuffling = shuffle and len(bounds) > 1
-    for _ in range(initial_epoch if shuffling else 0):  # the orders the resumed epochs' predecessors saw
-        rng.permutation(samples)
-    try:
-        for epoch in range(initial_epoch, epochs):
-            for callback in callbacks:
-                callback.on_epoch_begin(epoch)
-            snapshot.take()
-            epoch_inputs, epoch_targets = inputs, targets
-            if shuffling:
-                order = backend.to_device(rng.permutation(samples), None)
-                with backend.activate():
-                    epoch_inputs = xp.take(inputs, order, axis=0)
-                    epoch_targets = xp.take(targets, order, axis=0)
-            batch_losses = []
-            for start, stop in bounds:
-                with backend.activate():
-                    batch_inputs, batch_targets = epoch_inputs[start:stop, ...], epoch_targets[start:stop, ...]
-                batch_losses.append(loss_and_backward(model, loss, batch_inputs, batch_targets, penalty=penalty,
-                                                      prepared=True))
-                optimizer.step()
-            series = {"loss": batch_losses, _FINITE: _parameters_finite(model)}
-            if named_metrics:
-                series.update(_evaluate(model, inputs, targets, None, named_metrics, bounds))
-            if validation is not None:
-                scores = _evaluate(model, *validation, loss, named_metrics, validation_bounds)
-                series.update({f"val_{name}": values for name, values in scores.items()})
-            host = _read(model, series)
-            if not all(map(math.isfinite, host["loss"])):
-                batch = next(index for index, value in enumerate(host["loss"]) if not math.isfinite(value))
-                snapshot.restore()
-                raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
-                                  len(bounds), optimizer)
-            if not all(host.pop(_FINITE)):  # a step overflowed the weights although every loss was finite
-                snapshot.restore()
-                raise _divergence("the parameters became NaN or infinite", epoch, epochs, len(bounds) - 1,
-                                  len(bounds), optimizer)
-            logs = {name: _weighted_mean(values, validation_sizes if name.startswith("val_") else sizes)
-                    for name, values in host.items()}
-            history.append(epoch, logs)
-            progress.update(epoch, logs)
-            for callback in callbacks:
-                callback.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-    finally:
-        progress.close()
-    for callback in callbacks:
-        callback.on_train_end(logs)
-    return history
+    return epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation
 
 
 def evaluate(model: Any, x: Any, y: Any, loss: Loss, metrics: "Sequence[str | Metric]" = (),

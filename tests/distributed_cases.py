@@ -122,6 +122,26 @@ def class_weights(comm: Any) -> dict:
                  validation_data=(x[:13], labels[:13]))
 
 
+class ClippedSGD(bp.optim.SGD):
+    """SGD that clips the gradients' global norm to 0.3 before each update, counting the steps it clipped."""
+
+    clipped = 0
+
+    def step(self) -> None:
+        if bp.optim.clip_grad_norm(self.params, 0.3) > 0.3:
+            self.clipped += 1
+        super().step()
+
+
+@case
+def clipping(comm: Any) -> dict:
+    x, labels, _ = data()
+    model = network()
+    optimizer = ClippedSGD(model.parameters(), lr=0.5, momentum=0.5)
+    result = train(comm, model, bp.losses.CrossEntropy(), optimizer, x, labels)
+    return {**result, "clipped": optimizer.clipped}
+
+
 @case
 def float32(comm: Any) -> dict:
     x, _, targets = data("float32")
