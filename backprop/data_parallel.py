@@ -131,7 +131,7 @@ class DataParallel:
         arrays, text = self._state(optimizer)
         checksum = zlib.crc32(text.encode("utf-8"))
         for array in arrays:
-            checksum = zlib.crc32(np.ascontiguousarray(array), checksum)
+            checksum = zlib.crc32(np.ascontiguousarray(array).view(np.uint8).data, checksum)
         extremes = self.comm.allreduce(np.array([checksum, -checksum], dtype=np.int64), op="min")
         if extremes[0] == -extremes[1]:
             return False

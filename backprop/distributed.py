@@ -31,6 +31,7 @@ import numpy as np
 
 from backprop import errors
 from backprop.errors import BackpropError, ConfigurationError
+from backprop.validation import instance
 
 # Variables that MPI launchers set in each process they start (MPICH/Hydra and Intel MPI, Open MPI, Slurm's srun).
 _LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
@@ -55,8 +56,7 @@ class Communicator:
         """The device specifier this rank should train on: a GPU kind (``"cuda"``, ``"cupy"``, ``"torch:cuda"``)
         gets this rank's ``local_rank`` as its index (one process per GPU of a node); other kinds are returned
         as they are (``"cpu"``, ``"torch:cpu"``, ...)."""
-        if not isinstance(kind, str):
-            raise ConfigurationError(f"device kind must be a string such as 'cpu' or 'cuda', got {kind!r}")
+        instance(kind, str, "the device kind", "a string such as 'cpu' or 'cuda'")
         if kind in _GPU_KINDS:
             return f"{kind}:{self.local_rank}"
         if any(kind.startswith(f"{gpu}:") for gpu in _GPU_KINDS):
@@ -196,8 +196,8 @@ def init(comm: Any = None) -> Communicator:
         return Communicator()
     if comm is None:
         comm = MPI.COMM_WORLD
-    elif not isinstance(comm, MPI.Intracomm):
-        raise ConfigurationError(f"init(comm=...) takes an mpi4py intra-communicator such as MPI.COMM_WORLD, got {comm!r}")
+    else:
+        instance(comm, MPI.Intracomm, "init(comm=...)", "an mpi4py intra-communicator such as MPI.COMM_WORLD")
     return MPICommunicator(comm)
 
 

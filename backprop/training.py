@@ -49,6 +49,7 @@ import numpy as np
 
 from backprop.callbacks import HOOKS
 from backprop.data import check_finite, to_backend
+from backprop.distributed import Communicator
 from backprop.errors import ArgumentTypeError, ConfigurationError, DivergenceError, ShapeError
 from backprop.gradients import loss_and_backward
 from backprop.losses import Loss, warn_if_activation_mismatch
@@ -255,7 +256,7 @@ def fit(
     verbose: int = 1,
     initial_epoch: int = 0,
     penalty: "Penalty | None" = None,
-    communicator: Any = None,
+    communicator: "Communicator | None" = None,
 ) -> History:
     """Train ``model`` on (x, y) for ``epochs`` passes; return the `History`.
 
@@ -272,6 +273,8 @@ def fit(
     its rows of every batch, with the single-process result (``batch_size`` is the global batch; every rank gets
     the same History; only rank 0 prints and, through ModelCheckpoint, writes); see `backprop.data_parallel`.
     """
+    if communicator is not None:
+        instance(communicator, Communicator, "communicator", "the communicator bp.distributed.init() returns")
     together = communicator is not None and communicator.size > 1
     (epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation) = (
         communicator.collectively if together else _call)(

@@ -177,7 +177,8 @@ def markdown(report: dict) -> str:
         f"# Data-parallel scaling, {r['ranks']} ranks ({env['date']})",
         "",
         (f"`{report['command']}`; {r['workload']}; one BLAS thread per rank; {r['rounds']} alternating rounds of "
-         f"{r['steps_per_round']} steps; {env['machine']}."),
+         f"{r['steps_per_round']} steps; {env['machine']}; load average {r['load_average_before_after'][0]} "
+         f"before, {r['load_average_before_after'][1]} after (other work on the machine shares its cores)."),
         "",
         "| | fastest | median |",
         "|---|---|---|",
@@ -205,9 +206,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     comm = bp.distributed.init()
     if comm.size < 2:
         parser.error("run it under an MPI launcher with two or more ranks: mpiexec -n 2 python -m benchmarks.scaling")
+    load_before = os.getloadavg()
     result = measure(comm, settings)
     if not comm.is_root:
         return None
+    result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     command = "mpiexec -n {} python -m benchmarks.scaling {}".format(comm.size, " ".join(argv if argv is not None else sys.argv[1:]))
     report = {"command": command.strip(), "environment": environment("cpu"), "result": result}
     stem = f"scaling-{comm.size}ranks{'-quick' if arguments.quick else ''}"

@@ -39,7 +39,7 @@ def data(dtype: str = "float64") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, labels, targets
 
 
-def network(*middle: bp.Layer, dtype: str = "float64", seed: int = 3) -> bp.Sequential:
+def network(*middle: bp.Layer, dtype: str = "float64", seed: int | None = 3) -> bp.Sequential:
     return bp.Sequential(bp.Dense(FEATURES, 8), bp.Tanh(), *middle, bp.Dense(8, CLASSES), device="cpu",
                          dtype=dtype, seed=seed)
 
@@ -237,6 +237,26 @@ def batchnorm(comm: Any) -> dict:
     x, labels, _ = data()
     model = network(bp.BatchNorm1d(8))
     return train(comm, model, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.1), x, labels)
+
+
+@case
+def unseeded(comm: Any) -> dict:
+    """No seed anywhere: each rank draws its own initial weights and dropout generator; fit makes the replicas
+    equal to rank 0's and draws one shuffling seed for all."""
+    x, labels, _ = data()
+    model = network(bp.Dropout(0.3), seed=None)
+    initial = float(np.sum(model.state_dict()["0.weight"]))
+    result = train(comm, model, bp.losses.CrossEntropy(), bp.optim.Adam(model.parameters(), lr=0.01), x, labels,
+                   seed=None, epochs=2)
+    return {**result, "initial": initial}
+
+
+@case
+def communicator(comm: Any) -> dict:
+    comm = comm or bp.distributed.Communicator()
+    model = network()
+    return {**outcome(model, bp.optim.SGD(model.parameters(), lr=0.1)),
+            "facts": [comm.rank, comm.size, comm.local_rank, comm.is_root, comm.device("cuda"), comm.device("cpu")]}
 
 
 def _run_dir() -> Path:

@@ -152,6 +152,21 @@ def two_shard_oracle() -> dict[str, np.ndarray]:
 
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
+def test_unseeded_replicas_start_from_rank_0s_weights_and_one_shuffling_seed(runs, ranks):
+    results = runs(ranks).results("unseeded")
+    assert len({result["initial"] for result in results}) == ranks  # each rank drew its own weights
+    assert_identical_replicas(results)
+    assert results[0]["history"]["epoch"] == [0, 1]
+
+
+@needs_mpi
+def test_communicator_ranks_on_one_node(runs):
+    facts = [result["facts"] for result in runs(3).results("communicator")]
+    assert facts == [[rank, 3, rank, rank == 0, f"cuda:{rank}", "cpu"] for rank in range(3)]
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
 def test_stop_training_on_one_rank_stops_every_rank(runs, ranks):
     results = runs(ranks).results("stop_on_one_rank")
     assert_identical_replicas(results)
