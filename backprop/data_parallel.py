@@ -95,7 +95,7 @@ class DataParallel:
     """What ``fit(..., communicator=comm)`` does differently on a communicator of size > 1: the step, sharded
     evaluation, the reduction of logs, and the agreement between ranks before training."""
 
-    def __init__(self, comm: Communicator, model: Any) -> None:
+    def __init__(self, comm: Communicator, model: Any, local: Any) -> None:
         mixing = [layer for layer in _layers(model) if getattr(layer, "mixes_samples", False)]
         if mixing:
             raise ConfigurationError(
@@ -103,7 +103,7 @@ class DataParallel:
                 f"across {comm.size} processes; synchronised batch normalisation is not available yet. Use LayerNorm, "
                 "or train in one process (communicator of size 1)"
             )
-        self.comm, self.model = comm, model
+        self.comm, self.model, self.local = comm, model, local  # local: the one-process hooks (evaluate)
         self.gradients = GradientBuffer(model.parameters(), np.dtype(model.dtype))
 
     # -- before training ------------------------------------------------------------------------------------
@@ -205,8 +205,6 @@ class DataParallel:
         """Per-batch loss and metrics of this rank's rows of each batch, weighted by its share (the loss's
         ``share`` for the loss, rows for metrics, which are means over samples): summed over ranks they are the
         single-process values. Batches without rows here contribute zeros."""
-        from backprop.training import _evaluate
-
         model, backend = self.model, self.model.backend
         names = (["loss"] if loss is not None else []) + list(metrics)
         series: dict[str, list] = {name: [] for name in names}
@@ -218,7 +216,7 @@ class DataParallel:
                     for name in names:
                         series[name].append(zero)
                     continue
-                part = _evaluate(model, inputs, targets, loss, metrics, [(start + first, start + last)])
+                part = self.local.evaluate(inputs, targets, loss, metrics, [(start + first, start + last)])
                 rows = (last - first) / (stop - start)
                 for name in names:
                     weight = rows if name != "loss" else \

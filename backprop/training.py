@@ -284,7 +284,7 @@ def fit(
     if together:
         from backprop.data_parallel import DataParallel
 
-        hooks: Any = communicator.collectively(DataParallel, communicator, model)
+        hooks: Any = communicator.collectively(DataParallel, communicator, model, _OneProcess(model))
         rng = np.random.default_rng(hooks.agree(optimizer, {
             "seed": seed, "epochs": epochs, "initial_epoch": initial_epoch, "batch_size": batch_size,
             "shuffle": shuffle, "samples": samples, "metrics": list(named_metrics), "loss": repr(loss),

@@ -132,7 +132,7 @@ def measure(comm: Any, settings: dict) -> dict:
     with single.backend.activate():
         y = loss.prepare_target(rng.integers(0, widths[-1], size=batch), single.backend, single._dtype,
                                 (batch, widths[-1]))
-    parallel = DataParallel(comm, replica)
+    parallel = DataParallel(comm, replica, local=None)  # only its step is timed
     watch = Stopwatch()
     watch.wrap(parallel.gradients, "pack", "staging")
     watch.wrap(parallel.gradients, "unpack", "staging")

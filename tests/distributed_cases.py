@@ -39,8 +39,8 @@ def data(dtype: str = "float64") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, labels, targets
 
 
-def network(*middle: bp.Layer, dtype: str = "float64", seed: int | None = 3) -> bp.Sequential:
-    return bp.Sequential(bp.Dense(FEATURES, 8), bp.Tanh(), *middle, bp.Dense(8, CLASSES), device="cpu",
+def network(*middle: bp.Layer, dtype: str = "float64", seed: int | None = 3, device: str = "cpu") -> bp.Sequential:
+    return bp.Sequential(bp.Dense(FEATURES, 8), bp.Tanh(), *middle, bp.Dense(8, CLASSES), device=device,
                          dtype=dtype, seed=seed)
 
 
@@ -86,6 +86,15 @@ def adam(comm: Any) -> dict:
     model = network()
     return train(comm, model, bp.losses.MeanSquaredError(), bp.optim.Adam(model.parameters(), lr=0.01), x, targets,
                  metrics=["mse"])
+
+
+@case
+def second_device(comm: Any) -> dict:
+    """array_api_strict's second device: gradients staged through the host and back, nothing left on the default."""
+    x, labels, _ = data()
+    model = network(bp.Dropout(0.2), device="array_api_strict:device1")
+    return train(comm, model, bp.losses.CrossEntropy(), bp.optim.Adam(model.parameters(), lr=0.01), x, labels,
+                 validation_data=(x[:11], labels[:11]), metrics=["accuracy"], penalty=bp.penalties.L2(1e-3))
 
 
 @case

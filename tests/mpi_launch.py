@@ -67,11 +67,11 @@ class Launch:
         return found
 
 
-def run_under_timeout(command: list[str]) -> tuple[str, int | None, bool]:
+def run_under_timeout(command: list[str], cwd: Path = ROOT) -> tuple[str, int | None, bool]:
     """(output, return code, timed out): ``command`` in its own process group, all of it killed after TIMEOUT s."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
                                env=environment, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=TIMEOUT)

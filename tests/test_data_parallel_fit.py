@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,15 @@ import pytest
 import backprop as bp
 from backprop.distributed import Communicator
 from backprop.gradients import loss_and_backward
-from tests.mpi_launch import Launch, cases, launch, needs_mpi
+from tests.mpi_launch import (
+    ROOT,
+    Launch,
+    _mpiexec,
+    cases,
+    launch,
+    needs_mpi,
+    run_under_timeout,
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +82,7 @@ def assert_identical_replicas(results: list[dict]) -> None:
             assert result[key] == results[0][key], f"rank {rank}'s {key} differ from rank 0's"
 
 
-EXACT = ["sgd_momentum", "adam", "small_batch", "penalty", "dropout", "class_weights", "clipping", "early_stopping"]
+EXACT = ["sgd_momentum", "adam", "second_device", "small_batch", "penalty", "dropout", "class_weights", "clipping", "early_stopping"]
 
 
 @needs_mpi
@@ -261,3 +270,19 @@ def test_a_size_one_communicator_changes_nothing_in_fit():
         histories.append((history.history, model.state_dict()))
     assert histories[0][0] == histories[1][0]
     assert all(np.array_equal(histories[0][1][k], histories[1][1][k]) for k in histories[0][1])
+
+
+@needs_mpi
+def test_example_prints_the_same_training_in_one_and_in_two_processes(tmp_path):
+    pytest.importorskip("sklearn", reason="the example trains on scikit-learn's digits")
+    script = [sys.executable, str(ROOT / "examples" / "data_parallel.py"), "--epochs", "2"]
+    outputs = []
+    for command, folder in ((script, tmp_path / "one"), ([_mpiexec(), "-n", "2", *script], tmp_path / "two")):
+        folder.mkdir()
+        output, returncode, timed_out = run_under_timeout(command, cwd=folder)
+        assert returncode == 0 and not timed_out, output[-4000:]
+        assert (folder / "data_parallel_best.bpk").exists()
+        outputs.append(output.splitlines())
+    one, two = outputs
+    assert one[0].startswith("digits on 1 process(es)") and two[0].startswith("digits on 2 process(es)")
+    assert one[1:] == two[1:] and len(two) == 4  # rank 0 alone printed: two epochs and the best checkpoint
