@@ -301,6 +301,36 @@ def checkpoint_and_resume(comm: Any) -> dict:
 
 
 @case
+def unwritable_checkpoint(comm: Any) -> dict:
+    """Rank 0 alone writes, into a folder that does not exist: its error stops every rank."""
+    x, labels, _ = data()
+    model = network()
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1)
+    saver = bp.ModelCheckpoint(str(_run_dir() / "missing" / "model.bpk"))
+    try:
+        model.fit(x, labels, bp.losses.CrossEntropy(), optimizer, epochs=2, verbose=0, seed=0,
+                  **({} if comm is None else {"communicator": comm}), callbacks=[saver])
+    except bp.errors.CheckpointError as error:
+        return outcome(model, optimizer, error=error)
+    return outcome(model, optimizer)
+
+
+@case
+def progress_lines(comm: Any) -> dict:
+    """verbose=2 prints one line per epoch, on rank 0 only."""
+    import contextlib
+    import io
+
+    x, labels, _ = data()
+    model = network()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = train(comm, model, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.1), x, labels,
+                       verbose=2)
+    return {**result, "printed": printed.getvalue()}
+
+
+@case
 def uninterrupted(comm: Any) -> dict:
     x, labels, _ = data()
     model = network(bp.Dropout(0.3))
@@ -335,7 +365,10 @@ def main(arguments: list[str]) -> None:
     os.environ["DISTRIBUTED_CASES_DIR"] = str(out)
     comm = bp.distributed.init()
     for name in names:
-        result = CASES[name](comm)
+        try:
+            result = CASES[name](comm)
+        except Exception as error:  # noqa: BLE001 -- recorded, so that one case's failure shows as that case's
+            result = {"crashed": f"{type(error).__name__}: {error}"}
         (out / f"{name}.{comm.rank}.json").write_text(json.dumps(result))
 
 

@@ -63,7 +63,10 @@ class Launch:
                 why = f"timed out after {TIMEOUT} s (a hang)" if self.timed_out else f"exited with {self.returncode}"
                 pytest.fail(f"rank {rank} of {self.ranks} left no result for {name!r}: the launch {why}.\n"
                             f"{self.output[-4000:]}")
-            found.append(json.loads(path.read_text()))
+            result = json.loads(path.read_text())
+            if "crashed" in result:
+                pytest.fail(f"case {name!r} raised on rank {rank} of {self.ranks}: {result['crashed']}")
+            found.append(result)
         return found
 
 

@@ -4,6 +4,7 @@ fails), runs tests/distributed_cases.py there, and compares what every rank ends
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -238,6 +239,22 @@ def test_only_rank_0_writes_checkpoints_and_resuming_equals_uninterrupted(runs, 
 
 
 @needs_mpi
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank(runs):
+    results = runs(3).results("unwritable_checkpoint")
+    assert results[0]["error"][0] == "CheckpointError" and "does not exist" in results[0]["error"][1]
+    assert all(r["error"] == [results[0]["error"][0], results[0]["error"][1] + " [raised on rank 0 of 3]"]
+               for r in results[1:])
+    assert_identical_replicas([{**r, "error": None} for r in results])
+
+
+@needs_mpi
+def test_only_rank_0_prints_progress(runs, reference):
+    results = runs(2).results("progress_lines")
+    assert results[0]["printed"] == reference("progress_lines")["printed"]
+    assert results[0]["printed"].count("\n") == 3 and results[1]["printed"] == ""
+
+
+@needs_mpi
 def test_size_one_without_mpiexec_is_bitwise_fit(runs, reference):
     result, = runs(None, "size_one").results("size_one")
     assert result["size"] == 1
@@ -273,16 +290,19 @@ def test_a_size_one_communicator_changes_nothing_in_fit():
 
 
 @needs_mpi
-def test_example_prints_the_same_training_in_one_and_in_two_processes(tmp_path):
+def test_example_prints_the_same_training_in_one_and_in_two_processes(tmp_path, monkeypatch, capsys):
     pytest.importorskip("sklearn", reason="the example trains on scikit-learn's digits")
-    script = [sys.executable, str(ROOT / "examples" / "data_parallel.py"), "--epochs", "2"]
-    outputs = []
-    for command, folder in ((script, tmp_path / "one"), ([_mpiexec(), "-n", "2", *script], tmp_path / "two")):
-        folder.mkdir()
-        output, returncode, timed_out = run_under_timeout(command, cwd=folder)
-        assert returncode == 0 and not timed_out, output[-4000:]
-        assert (folder / "data_parallel_best.bpk").exists()
-        outputs.append(output.splitlines())
-    one, two = outputs
+    script = ROOT / "examples" / "data_parallel.py"
+    output, returncode, timed_out = run_under_timeout(
+        [_mpiexec(), "-n", "2", sys.executable, str(script), "--epochs", "2"], cwd=tmp_path)
+    assert returncode == 0 and not timed_out, output[-4000:]
+    assert (tmp_path / "data_parallel_best.bpk").exists()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # here, in one process: init() is the size-1 communicator
+    spec = importlib.util.spec_from_file_location("example_data_parallel", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--epochs", "2"])
+    one, two = capsys.readouterr().out.splitlines(), output.splitlines()
     assert one[0].startswith("digits on 1 process(es)") and two[0].startswith("digits on 2 process(es)")
     assert one[1:] == two[1:] and len(two) == 4  # rank 0 alone printed: two epochs and the best checkpoint
