@@ -99,7 +99,7 @@ def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, 
             lambda: save(model, path, optimizer, extra) if communicator.is_root else Path(os.fspath(path)))
     if optimizer is not None:
         _check_optimizer_owns(model, optimizer)
-    check_configs(model)
+    check_configs(model, registered=True)
     tensors: list[tuple[str, str, np.ndarray]] = [
         (name, "parameter", parameter.backend.to_numpy(parameter.value)) for name, parameter in model.named_parameters()
     ]

@@ -241,3 +241,19 @@ def test_format_2_keeps_an_input_shape_that_no_layer_declares(tmp_path):
     assert loaded.input_shape == (2, 3)
     x = RNG.normal(size=(4, 2, 3))
     np.testing.assert_array_equal(bp.to_numpy(loaded.predict(x)), bp.to_numpy(model.predict(x)))
+
+
+def test_unpickling_where_the_device_is_missing_raises_device_error(monkeypatch):
+    """A pickled model names its device by specifier; where that device does not exist (a CuPy model's GPU index
+    on a machine without it), unpickling raises DeviceError instead of landing somewhere else."""
+    from backprop import backends
+
+    data = pickle.dumps(stateful_model("array_api_strict:device1"))
+
+    def missing(spec, argument):
+        raise bp.errors.BackendUnavailableError(f"{spec!r}: no such device here")
+
+    monkeypatch.setattr(backends, "_CACHE", {})
+    monkeypatch.setitem(backends._FACTORIES, "array_api_strict", missing)
+    with pytest.raises(bp.errors.DeviceError, match="array_api_strict:device1.*no such device"):
+        pickle.loads(data)

@@ -49,10 +49,20 @@ def layer_from_node(node: Any, where: str = "layer") -> Layer:
         raise ConfigurationError(f"{where} ({kind}) cannot be rebuilt from {node.get('config')!r}: {error}") from None
 
 
-def check_configs(model: Layer) -> None:
-    """Raise `ConfigurationError` unless every layer of ``model``'s tree rebuilds from its ``config()``: JSON data
-    that ``from_config`` turns back into a layer with the same description."""
+def check_configs(model: Layer, registered: bool = False) -> None:
+    """Raise `ConfigurationError` unless every layer of ``model``'s tree without children rebuilds from its
+    ``config()``: JSON data that ``from_config`` turns back into a layer with the same description (combinators
+    are checked through their children). With ``registered``, every class in the tree must also be registered
+    under its name (as loading a checkpoint needs)."""
     for path, layer in [("the model", model), *model.named_layers()]:
+        name = type(layer).__name__
+        if registered and LAYERS.get(name) is not type(layer):
+            raise ConfigurationError(
+                f"layer {path} ({name}) is not registered, so a checkpoint could not rebuild it: decorate its class "
+                "with @bp.register_layer (see the README's 'Writing a layer')"
+            )
+        if next(layer.children(), None) is not None:
+            continue
         node = describe(layer)
         try:
             json.dumps(node)
@@ -64,8 +74,8 @@ def check_configs(model: Layer) -> None:
                 continue
             problem = f"the rebuilt layer describes itself as {rebuilt['config']!r}"
         raise ConfigurationError(
-            f"layer {path} ({type(layer).__name__}) cannot be rebuilt from its config() {node['config']!r} "
-            f"({problem}). Implement config() to return the constructor's arguments as JSON data (numbers, "
-            "strings, lists, dicts), so that type(layer)(**layer.config()) rebuilds it, or override the classmethod "
-            "from_config; see the README's 'Writing a layer'"
+            f"layer {path} ({name}) cannot be rebuilt from its config() {node['config']!r} ({problem}). "
+            "Implement config() to return the constructor's arguments as JSON data (numbers, strings, lists, "
+            "dicts), so that type(layer)(**layer.config()) rebuilds it, or override the classmethod from_config; "
+            "see the README's 'Writing a layer'"
         )
