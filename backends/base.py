@@ -114,6 +114,11 @@ class Backend:
         target -= scale * update
         return target
 
+    @property
+    def writes_matmul_into_out(self) -> bool:
+        """Whether ``matmul(left, right, out=...)`` writes into ``out`` (else it returns a new array)."""
+        return self.matmul_out is not None
+
     def synchronize(self) -> None:
         if self.sync is not None:
             self.sync()
@@ -136,8 +141,24 @@ def to_numpy(array: Any) -> np.ndarray:
             array = array_api_strict.asarray(array, device=cpu, copy=True)  # explicit move to the host
         return np.asarray(array)
     if hasattr(array, "__dlpack__") and not isinstance(array, (list, tuple)):
-        try:
-            return np.from_dlpack(array)
-        except Exception:  # noqa: BLE001 -- fall back to the buffer protocol below
-            pass
+        return _from_dlpack(array)
     return np.asarray(array)
+
+
+def _from_dlpack(array: Any) -> np.ndarray:
+    """A host copy of an array that offers DLPack (e.g. dpnp on an Intel GPU, or any library without a rule above).
+
+    DLPack 1.0 lets the consumer ask the producer for a copy on the CPU (``dl_device=(kDLCPU, 0)``, ``copy=True``;
+    NumPy >= 2.1 passes them for ``numpy.from_dlpack(x, device="cpu", copy=True)``), which is what a device array
+    needs. A producer that predates those arguments (a TypeError) is read as it is, which works for host memory;
+    one that offers no usable export falls back to the buffer protocol."""
+    try:
+        return np.from_dlpack(array, device="cpu", copy=True)
+    except TypeError:  # NumPy < 2.1, or a producer without dl_device/copy
+        pass
+    except BufferError:  # the producer cannot export to the host
+        return np.asarray(array)
+    try:
+        return np.from_dlpack(array)
+    except (BufferError, TypeError, RuntimeError):
+        return np.asarray(array)

@@ -7,6 +7,8 @@ arrays with ``zeros_like`` and ``asarray`` inside that context.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Backend
 from backprop.errors import BackendUnavailableError, DeviceError
 
@@ -23,7 +25,59 @@ def _import_cupy():
     return cupy, xp
 
 
+_FIX = (
+    "A machine with only the NVIDIA driver needs CUDA's libraries as wheels: pip install 'backprop-arrays[cuda12]' "
+    "(or [cuda13]), which installs CuPy with its [ctk] extra; or install the CUDA Toolkit that matches your "
+    "cupy-cudaXXx package. Until then use device='cpu'"
+)
+
+
+def _matmul_out(left: Any, right: Any, out: Any) -> Any:
+    """left @ right written into ``out``: for 2-D operands and a C-contiguous ``out`` of the result's dtype,
+    ``cupy.matmul`` hands ``out`` to cuBLAS (``matmul`` in ``cupy/_core/_routines_linalg.pyx``, CuPy 14.2:
+    ``if out._c_contiguous and ret_dtype == out.dtype: return dot(a, b, out)``; otherwise it computes into a
+    temporary and copies), so a parameter's spare gradient array is reused and no parameter-sized array is
+    allocated per step."""
+    import cupy
+
+    return cupy.matmul(left, right, out=out)
+
+
+def _parse_index(spec: str, argument: str | None) -> int:
+    """The GPU index of ``"cuda"`` / ``"cuda:N"``, checked before the driver is asked anything."""
+    if argument in (None, ""):
+        return 0
+    if not argument.isdigit():  # "x", "-1", "1.5": refused here, not reported as "no GPU usable"
+        raise DeviceError(f"bad GPU index in {spec!r}: write 'cuda' or 'cuda:N' with N a number 0, 1, ...")
+    return int(argument)
+
+
+def _self_test(cupy: Any, index: int) -> None:
+    """Run one elementwise kernel and one matmul on GPU ``index``; raise `BackendUnavailableError` naming the fix.
+
+    CuPy compiles its elementwise kernels with NVRTC on first use (``_get_simple_elementwise_kernel_from_code``
+    -> ``compile_with_cache`` in ``cupy/_core/_kernel.pyx``) and multiplies matrices with cuBLAS, both loaded
+    only then: without the CUDA libraries (CuPy installed without ``[ctk]`` on a driver-only machine) the first
+    forward pass would fail mid-training with a raw CuPy error. The one host read here happens once, when the
+    backend is made."""
+    expected = [[17.0, 23.0], [37.0, 51.0]]  # [[1, 2], [3, 4]] @ [[3, 5], [7, 9]]
+    try:
+        with cupy.cuda.Device(index):
+            left = cupy.asarray([[1.0, 2.0], [3.0, 4.0]], dtype=cupy.float32)
+            product = cupy.matmul(left, left * 2.0 + 1.0)
+            result = cupy.asnumpy(product).tolist()
+    except Exception as error:  # NVRTC, cuBLAS and driver errors have no common base class
+        raise BackendUnavailableError(
+            f"CuPy {cupy.__version__} cannot run on GPU {index}: {type(error).__name__}: {error}. {_FIX}"
+        ) from error
+    if result != expected:
+        raise BackendUnavailableError(
+            f"CuPy {cupy.__version__} computes wrong numbers on GPU {index} ({result} instead of {expected}). {_FIX}"
+        )
+
+
 def make(spec: str, argument: str | None) -> Backend:
+    index = _parse_index(spec, argument)
     cupy, xp = _import_cupy()
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -33,14 +87,11 @@ def make(spec: str, argument: str | None) -> Backend:
         ) from error
     if count == 0:
         raise BackendUnavailableError("CuPy is installed but this machine has no CUDA GPU. Use device='cpu'.")
-    try:
-        index = int(argument) if argument not in (None, "") else 0
-    except ValueError:
-        raise DeviceError(f"bad GPU index in {spec!r}: write 'cuda' or 'cuda:N' with N a number") from None
     if not 0 <= index < count:
         raise DeviceError(
             f"{spec!r} asks for GPU {index}, but this machine has {count} GPU(s): use 'cuda:0' .. 'cuda:{count - 1}'"
         )
+    _self_test(cupy, index)
     device = cupy.cuda.Device(index)
     props = cupy.cuda.runtime.getDeviceProperties(index)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
@@ -53,4 +104,5 @@ def make(spec: str, argument: str | None) -> Backend:
         context=lambda: cupy.cuda.Device(index),
         sync=lambda: cupy.cuda.Device(index).synchronize(),
         library="cupy",
+        matmul_out=_matmul_out,
     )

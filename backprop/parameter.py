@@ -89,7 +89,9 @@ class Parameter:
                            {slot: to_host(value) for slot, value in self.state.items()}, self.backend))
 
     def zero_grad(self) -> None:
-        if self._grad is not None:
+        """Forget the gradient; keep its array as the spare only where ``Backend.matmul`` writes into it
+        (elsewhere a spare would only hold a parameter-sized array through the next forward pass)."""
+        if self._grad is not None and self._backend.writes_matmul_into_out:
             self._spare = self._grad
         self._grad = None
 

@@ -296,6 +296,13 @@ class RecordingBackend(Backend):
         return np.array(array._data, copy=True)
 
 
+def _matmul_out(left: RecordingArray, right: RecordingArray, out: RecordingArray) -> RecordingArray:
+    """``matmul(out=)``, as CuPy's backend has it (written into ``out``, no new array)."""
+    RECORDER.op("matmul(out=)", [left._device, right._device, out._device])
+    np.matmul(left._data, right._data, out=out._data)
+    return out
+
+
 def make(spec: str, argument: str | None) -> Backend:
     """Factory for ``bp.backends.register_backend("recording", make)``: ``"recording:0"``, ``"recording:1"``."""
     index = int(argument or 0)
@@ -307,6 +314,7 @@ def make(spec: str, argument: str | None) -> Backend:
         device_name=f"recording device {index}",
         context=lambda: RECORDER.on_device(index),
         library="recording",
+        matmul_out=_matmul_out,
     )
 
 

@@ -236,3 +236,69 @@ def test_gradcheck_can_run_its_float64_twin_on_the_cpu():
         worst = bp.gradcheck(model, bp.losses.MeanSquaredError(), model.as_input(x), y, device="cpu")
     assert [kind for kind, _, _ in events if kind != "read"] == ["copy"]  # as_input; state_dict only reads
     assert worst < 1e-5
+
+
+def test_a_backend_that_cannot_write_a_matmul_into_out_keeps_no_spare_gradient():
+    model = bp.Sequential(bp.Dense(3, 4), bp.Tanh(), bp.Dense(4, 1), device="array_api_strict", seed=0)
+    assert not model.backend.writes_matmul_into_out
+    x, y = _data(1, "regression", samples=5)
+    loss_and_backward(model, bp.losses.MeanSquaredError(), x, y)
+    model.zero_grad()
+    assert all(p._spare is None for p in model.parameters())  # nothing held through the next forward pass
+
+
+def test_torch_cuda_copies_stage_host_data_in_pinned_memory(torch, monkeypatch):
+    """The staging logic, run on the CPU: PyTorch without CUDA has no pinned-memory allocator, so ``torch.empty``
+    is told to ignore ``pin_memory`` and record that it was asked."""
+    import array_api_compat.torch as torch_xp
+
+    from backprop.backends.torch_backend import _TorchCudaBackend
+
+    asked, empty = [], torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *args, pin_memory=False, **kwargs: asked.append(pin_memory)
+                        or empty(*args, **kwargs))
+    cpu = torch.device("cpu")
+    backend = _TorchCudaBackend(spec="torch:cpu", xp=torch_xp, device=cpu, is_native=lambda a: True, library="torch")
+    host = np.arange(12.0).reshape(3, 4)[:, ::2]  # strided, float64
+    moved = backend.to_device(host, torch.float32)
+    assert asked.count(True) == 1 and moved.dtype == torch.float32 and moved.device == cpu
+    np.testing.assert_array_equal(moved.numpy(), host.astype(np.float32))
+    indices = backend.to_device(np.array([2, 0, 1]))
+    assert indices.dtype == torch.int64 and indices.tolist() == [2, 0, 1]
+
+
+class _DeviceOnlyDLPack:
+    """An array that lives on a (pretend) CUDA device and offers nothing but DLPack, as dpnp's arrays do: it
+    exports to the host only when asked for a host copy (DLPack 1.0's ``dl_device`` and ``copy``)."""
+
+    def __init__(self, host: np.ndarray) -> None:
+        self._host = host
+
+    def __dlpack_device__(self):
+        return (2, 0)  # kDLCUDA
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        if dl_device != (1, 0) or not copy:
+            raise BufferError("this array lives on the GPU; ask for a copy on the CPU")
+        return self._host.copy().__dlpack__(max_version=max_version)
+
+
+class _OldDLPack:
+    """A host array whose exporter predates DLPack 1.0's keyword arguments."""
+
+    def __init__(self, host: np.ndarray) -> None:
+        self._host = host
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+    def __dlpack__(self, stream=None):
+        return self._host.__dlpack__()
+
+
+@pytest.mark.parametrize("kind", [_DeviceOnlyDLPack, _OldDLPack])
+def test_to_numpy_reads_arrays_that_only_offer_dlpack(kind):
+    host = np.arange(6.0).reshape(2, 3)
+    copied = bp.to_numpy(kind(host))
+    np.testing.assert_array_equal(copied, host)
+    assert type(copied) is np.ndarray and copied.dtype == np.float64

@@ -5,6 +5,7 @@ booleans, lists, float64 into a float32 model) assert the converted values and d
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 import types
@@ -335,6 +336,65 @@ def test_gpu_index_past_the_last_gpu(monkeypatch):
     with pytest.raises(DeviceError) as excinfo:
         bp.get_backend("cuda:first")
     check_error(excinfo, DeviceError, ValueError, "bad GPU index", "'cuda:first'")
+
+
+@pytest.mark.parametrize("spec", ["cuda:x", "cuda:-1", "cuda:1.5", "cupy: 2"])
+def test_a_bad_gpu_index_is_named_before_the_driver_is_asked(monkeypatch, spec):
+    def no_device():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    _fake_cupy(monkeypatch, no_device)
+    with pytest.raises(DeviceError) as excinfo:
+        bp.get_backend(spec)
+    check_error(excinfo, DeviceError, ValueError, "bad GPU index", repr(spec), "'cuda:N'")
+    assert not isinstance(excinfo.value, BackendUnavailableError)
+
+
+def _fake_working_cupy(monkeypatch, elementwise=None):
+    """A stand-in ``cupy`` over NumPy with one GPU; ``elementwise`` replaces its first elementwise kernel."""
+    _fake_cupy(monkeypatch, lambda: 1)
+    fake = sys.modules["cupy"]
+
+    class FakeArray(np.ndarray):
+        def __mul__(self, other):
+            if elementwise is not None:
+                elementwise()
+            return np.ndarray.__mul__(self, other)
+
+    fake.__version__ = "14.2.0"
+    fake.float32 = np.float32
+    fake.ndarray = FakeArray
+    fake.asarray = lambda data, dtype=None: np.asarray(data, dtype=dtype).view(FakeArray)
+    fake.matmul = np.matmul
+    fake.asnumpy = np.asarray
+    fake.cuda.Device = lambda index: _FakeDevice("cpu")
+    fake.cuda.runtime.getDeviceProperties = lambda index: {"name": b"Fake GPU"}
+    monkeypatch.setitem(sys.modules, "array_api_compat.cupy", importlib.import_module("array_api_compat.numpy"))
+
+
+class _FakeDevice(str):
+    """A device that is also a context manager (as ``cupy.cuda.Device`` is) and reads as NumPy's "cpu"."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        return None
+
+
+def test_the_cupy_backend_runs_a_kernel_and_a_matmul_when_it_is_made(monkeypatch):
+    _fake_working_cupy(monkeypatch)
+    backend = bp.get_backend("cuda:0")
+    assert backend.spec == "cuda:0" and "Fake GPU" in backend.device_name and backend.writes_matmul_into_out
+
+    def no_nvrtc():
+        raise RuntimeError("CompileException: libnvrtc.so.12: cannot open shared object file")
+
+    _fake_working_cupy(monkeypatch, elementwise=no_nvrtc)
+    with pytest.raises(BackendUnavailableError) as excinfo:
+        bp.get_backend("cuda")
+    check_error(excinfo, DeviceError, ImportError, "cannot run on GPU 0", "libnvrtc.so.12",
+                "backprop-arrays[cuda12]", "[ctk]", "device='cpu'")
 
 
 @pytest.mark.parametrize(
