@@ -9,8 +9,9 @@ from backprop import backends, callbacks, distributed, errors, init, losses, met
 from backprop.backends import get_backend, to_numpy
 from backprop.checkpoint import Checkpoint, ModelCheckpoint, export_safetensors, load, load_checkpoint, load_into, save
 from backprop.gradients import gradcheck, value_and_grad
-from backprop.layers import (BatchNorm1d, Dense, Dropout, Flatten, Identity, Layer, LayerNorm, LeakyReLU, ReLU, Reshape,
-                             Residual, Sigmoid, Softmax, Tanh, register_layer)
+from backprop.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2d, Identity,
+                             Layer, LayerNorm, LeakyReLU, MaxPool2d, ReLU, Reshape, Residual, Sigmoid, Softmax, Tanh,
+                             register_layer)
 from backprop.model import Sequential
 from backprop.parameter import Parameter
 from backprop.training import History
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNorm1d", "Dense", "Dropout", "Flatten", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU",
     "Reshape", "Residual", "Sequential", "Sigmoid", "Softmax", "Tanh", "register_layer",
+    "AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d",
     "Checkpoint", "History", "ModelCheckpoint", "export_safetensors", "load", "load_checkpoint", "load_into", "save",
     "backends", "callbacks", "distributed", "errors", "get_backend", "gradcheck", "init", "losses", "metrics", "optim", "penalties",
     "to_numpy", "training", "value_and_grad",

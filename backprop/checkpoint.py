@@ -270,7 +270,7 @@ def _restore(
     saved = _architecture(document, path)
     input_shape = described.get("input_shape")
     try:
-        if input_shape is not None and saved.input_shape == tuple(input_shape):
+        if input_shape is not None and "input_shape" not in saved.config() and saved.input_shape == tuple(input_shape):
             input_shape = None  # the layers declare it: the rebuilt model's config stays the saved one
         model = Sequential(*saved.layers, input_shape=input_shape,
                            device=device or "cpu", dtype=dtype or described["dtype"], seed=described.get("seed"))

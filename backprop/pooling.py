@@ -14,15 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from backprop.windows import (
-    Window,
-    batch_first,
-    channels_first,
-    crop,
-    overlap_add,
-    pad,
-    window_views,
-)
+from backprop.windows import Window, batch_first, channels_first, col2im, pad, window_views
 
 PoolBackward = Callable[[Any], Any]
 
@@ -50,8 +42,7 @@ def max_pool2d(xp: Any, x: Any, window: Window) -> tuple[Any, PoolBackward]:
             pieces.append(routed)
             unrouted = unrouted - routed
         pieces.append(unrouted)
-        summed = overlap_add(xp, pieces, window, tuple(padded.shape[1:3]))
-        return batch_first(xp, crop(summed, window.padding, height, width))
+        return batch_first(xp, col2im(xp, pieces, window, (height, width)))
 
     return batch_first(xp, y), backward
 
@@ -71,7 +62,6 @@ def avg_pool2d(xp: Any, x: Any, window: Window) -> tuple[Any, PoolBackward]:
 
     def backward(dy: Any) -> Any:
         share = channels_first(xp, dy) * scale
-        summed = overlap_add(xp, [share] * window.taps, window, tuple(padded.shape[1:3]))
-        return batch_first(xp, crop(summed, window.padding, height, width))
+        return batch_first(xp, col2im(xp, [share] * window.taps, window, (height, width)))
 
     return batch_first(xp, total), backward

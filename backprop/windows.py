@@ -15,11 +15,12 @@ and output position o, tap i reads padded position d i + s o.
 
 im2col: the k_h k_w views  x_pad[:, d_h i :: s_h, d_w j :: s_w, :]  (each cut to H_out x W_out), one per tap in
 row-major order, stacked to a (C k_h k_w, H_out W_out N) matrix: a convolution is then one matrix product.
-col2im (``overlap_add``) is its adjoint: given one (C, H_out, W_out, N) array per tap, it returns
+col2im is its adjoint: given one (C, H_out, W_out, N) array per tap, it returns the unpadded part of
     out[:, d_h i + s_h o, d_w j + s_w p, :] = sum over taps (i, j) and (o, p) that land there of piece_ij[:, o, p, :].
 It writes into nothing (no scatter-add, no slice assignment): along each axis the positions split into s phases
 (h = r + s q); within a phase each tap's piece sits at one offset, so the phase is a concatenation of segments,
-each the sum of the pieces covering it (or zeros); the phases interleave by stacking and a reshape. Arrays stay
+each the sum of the pieces covering it (or zeros); the phases interleave by stacking and a reshape. With stride 1
+only the segments inside the unpadded range are built at all. Arrays stay
 immutable, so the same code runs on JAX.
 """
 
@@ -100,12 +101,6 @@ def pad(xp: Any, x: Any, padding: tuple[Pair, Pair], value: float) -> Any:
     return x
 
 
-def crop(x: Any, padding: tuple[Pair, Pair], height: int, width: int) -> Any:
-    """The inverse of `pad`: the (C, height, width, N) interior of a padded array (a view)."""
-    (top, _), (left, _) = padding
-    return x[:, top:top + height, left:left + width, :]
-
-
 def window_views(padded: Any, window: Window, out_size: Pair) -> list[Any]:
     """The k_h k_w strided views of a padded (C, H_p, W_p, N) array, one per tap in row-major order, each
     (C, H_out, W_out, N): view (i, j) holds padded[:, d_h i + s_h o, d_w j + s_w p, :] at [:, o, p, :]."""
@@ -125,51 +120,52 @@ def im2col(xp: Any, padded: Any, window: Window, out_size: Pair) -> Any:
     return xp.reshape(stacked, (channels * taps, height * width * batch))
 
 
-def overlap_add(xp: Any, pieces: Sequence[Any], window: Window, padded_size: Pair) -> Any:
-    """col2im: the adjoint of `window_views`. ``pieces`` holds one (C, H_out, W_out, N) array per tap in
-    row-major order; returns the (C, H_p, W_p, N) array in which every piece is added back where its view was
-    read from (see the module docstring). Builds new arrays only (concatenations and sums), never writes into one;
-    the result may be one of the pieces itself (a 1x1 window), so callers must not write into it either."""
+def col2im(xp: Any, pieces: Sequence[Any], window: Window, in_size: Pair) -> Any:
+    """The adjoint of `window_views` after `pad`: ``pieces`` holds one (C, H_out, W_out, N) array per tap in
+    row-major order; returns the (C, H, W, N) array (the unpadded input's size ``in_size``) in which every piece is
+    added back where its view was read from, what lands in the padding dropped (see the module docstring). Builds
+    new arrays only (concatenations and sums), never writes into one; the result may be a view of a piece (a 1x1
+    window), so callers must not write into it either."""
     (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
-    rows = [_overlap_add_axis(xp, pieces[i * kw:(i + 1) * kw], 2, sw, dw, padded_size[1]) for i in range(kh)]
-    return _overlap_add_axis(xp, rows, 1, sh, dh, padded_size[0])
+    (top, _), (left, _) = window.padding
+    rows = [_overlap_add_axis(xp, pieces[i * kw:(i + 1) * kw], 2, sw, dw, left, left + in_size[1]) for i in range(kh)]
+    return _overlap_add_axis(xp, rows, 1, sh, dh, top, top + in_size[0])
 
 
-def _overlap_add_axis(xp: Any, pieces: Sequence[Any], axis: int, stride: int, dilation: int, length: int) -> Any:
-    """out[dilation i + stride o] = sum of pieces[i][o] along ``axis``, out of ``length`` positions (zeros where
-    nothing lands). Phase r holds positions r + stride q; tap i lands in phase (dilation i) mod stride at offset
-    q0 = (dilation i) // stride. The phases are built by `_place` and interleaved by a stack and a reshape."""
-    phase_length = -(-length // stride)
+def _overlap_add_axis(xp: Any, pieces: Sequence[Any], axis: int, stride: int, dilation: int, start: int,
+                      stop: int) -> Any:
+    """Positions [start, stop) along ``axis`` of out[dilation i + stride o] = sum of pieces[i][o] (zeros where
+    nothing lands). With stride 1 tap i starts at offset dilation i, and `_place` builds the range directly.
+    Otherwise phase r holds positions r + stride q, tap i lands in phase (dilation i) mod stride at offset
+    (dilation i) // stride; the phases are built by `_place`, interleaved by a stack and a reshape, then cut."""
+    if stride == 1:
+        return _place(xp, [(dilation * tap, piece) for tap, piece in enumerate(pieces)], axis, start, stop, pieces[0])
+    phase_length = -(-stop // stride)
     phases = []
     for phase in range(stride):
         placed = [((dilation * tap - phase) // stride, piece)
                   for tap, piece in enumerate(pieces) if (dilation * tap - phase) % stride == 0]
-        phases.append(_place(xp, placed, axis, phase_length, pieces[0]))
-    if stride == 1:
-        out = phases[0]
-    else:
-        stacked = xp.stack(phases, axis=axis + 1)
-        shape = list(phases[0].shape)
-        shape[axis] = phase_length * stride
-        out = xp.reshape(stacked, tuple(shape))
-    if out.shape[axis] == length:
-        return out
-    return out[(slice(None),) * axis + (slice(0, length), ...)]
+        phases.append(_place(xp, placed, axis, 0, phase_length, pieces[0]))
+    stacked = xp.stack(phases, axis=axis + 1)
+    shape = list(phases[0].shape)
+    shape[axis] = phase_length * stride
+    return _take(xp.reshape(stacked, tuple(shape)), axis, start, stop)
 
 
-def _place(xp: Any, placed: Sequence[tuple[int, Any]], axis: int, length: int, like: Any) -> Any:
-    """The sum of the ``(offset, piece)`` pairs, each piece laid along ``axis`` from its offset, in an array of
-    ``length`` along that axis: a concatenation of segments between consecutive piece boundaries, each segment
-    the sum of the pieces that cover it, or zeros where none does."""
+def _place(xp: Any, placed: Sequence[tuple[int, Any]], axis: int, start: int, stop: int, like: Any) -> Any:
+    """Positions [start, stop) along ``axis`` of the sum of the ``(offset, piece)`` pairs, each piece laid from its
+    offset: a concatenation of segments between consecutive piece boundaries, each segment the sum of the pieces
+    that cover it, or zeros where none does."""
     size = like.shape[axis]
-    bounds = sorted({0, length} | {offset for offset, _ in placed} | {offset + size for offset, _ in placed})
+    edges = {offset for offset, _ in placed} | {offset + size for offset, _ in placed}
+    bounds = sorted({start, stop} | {edge for edge in edges if start < edge < stop})
     segments = []
-    for start, stop in itertools.pairwise(bounds):
-        covering = [_take(piece, axis, start - offset, stop - offset)
-                    for offset, piece in placed if offset <= start and stop <= offset + size]
+    for low, high in itertools.pairwise(bounds):
+        covering = [_take(piece, axis, low - offset, high - offset)
+                    for offset, piece in placed if offset <= low and high <= offset + size]
         if not covering:
             shape = list(like.shape)
-            shape[axis] = stop - start
+            shape[axis] = high - low
             segments.append(xp.zeros(tuple(shape), dtype=like.dtype, device=_device_of(like)))
             continue
         total = covering[0] if len(covering) == 1 else covering[0] + covering[1]

@@ -12,7 +12,7 @@ import pytest
 import backprop as bp
 from backprop.convolution import conv2d
 from backprop.pooling import avg_pool2d, max_pool2d
-from backprop.windows import Window, im2col, overlap_add, pad, window_views
+from backprop.windows import Window, col2im, im2col, pad, window_views
 
 TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
 
@@ -203,19 +203,19 @@ def test_max_pool_padding_never_wins():
     np.testing.assert_array_equal(y[0, 0], [[-1, -1, -2], [-1, -1, -2], [-4, -4, -5]])
 
 
-def test_overlap_add_is_the_adjoint_of_the_window_views():
-    """<im2col(x), c> == <x, col2im(c)> for random x and c, for every geometry: col2im is im2col's transpose."""
+def test_col2im_is_the_adjoint_of_padding_and_the_window_views():
+    """<views(pad(x)), c> == <x, col2im(c)> for random x and c, for every geometry: col2im is im2col's transpose."""
     xp = bp.get_backend("cpu").xp
     rng = np.random.default_rng(5)
     for _, shape, _, kernel, stride, padding, dilation in CONV_GEOMETRIES:
         window = Window(kernel, stride, dilation, padding)
         out_size = window.output_size(shape[2], shape[3])
-        padded = pad(xp, rng.normal(size=(shape[1], shape[2], shape[3], 2)), window.padding, 0.0)
+        images = rng.normal(size=(shape[1], shape[2], shape[3], 2))
         columns = rng.normal(size=(window.taps, shape[1]) + out_size + (2,))
-        views = window_views(padded, window, out_size)
+        views = window_views(pad(xp, images, window.padding, 0.0), window, out_size)
         forward = sum(float(np.sum(view * columns[tap])) for tap, view in enumerate(views))
-        back = overlap_add(xp, list(columns), window, tuple(padded.shape[1:3]))
-        assert back.shape == padded.shape
-        assert float(np.sum(padded * back)) == pytest.approx(forward, rel=1e-12)
-        stacked = im2col(xp, padded, window, out_size)
+        back = col2im(xp, list(columns), window, shape[2:])
+        assert back.shape == images.shape
+        assert float(np.sum(images * back)) == pytest.approx(forward, rel=1e-12)
+        stacked = im2col(xp, pad(xp, images, window.padding, 0.0), window, out_size)
         assert stacked.shape == (shape[1] * window.taps, out_size[0] * out_size[1] * 2)
