@@ -92,8 +92,10 @@ class GradientBuffer:
 
 
 class DataParallel:
-    """What ``fit(..., communicator=comm)`` does differently on a communicator of size > 1: the step, sharded
-    evaluation, the reduction of logs, and the agreement between ranks before training."""
+    """The training loop's hooks (see `backprop.training`) for ``fit(..., communicator=comm)`` on a communicator
+    of size > 1: checks decided collectively, the agreement between ranks before training, the step, sharded
+    evaluation, the reduction of logs and collective decisions at the end of each epoch. ``local`` is the
+    one-process hooks object, whose ``evaluate`` computes this rank's rows."""
 
     def __init__(self, comm: Communicator, model: Any, local: Any) -> None:
         mixing = [layer for layer in _layers(model) if getattr(layer, "mixes_samples", False)]
@@ -234,7 +236,6 @@ class DataParallel:
             count = len(host[name])
             result[name], start = flat[start:start + count].tolist(), start + count
         return result
-
 
     def epoch_end(self, callbacks: list, epoch: int, logs: dict[str, float]) -> bool:
         """Every rank runs the callbacks (an error on one rank is raised on all); training stops on every rank if
