@@ -98,6 +98,17 @@ def second_device(comm: Any) -> dict:
 
 
 @case
+def convolution(comm: Any) -> dict:
+    """Images (N, 1, 6, 6): Conv2d, Dropout on feature maps, max pooling, Flatten, Dense; shards of 4-D batches."""
+    images = np.random.default_rng(5).normal(size=(SAMPLES, 1, 6, 6))
+    _, labels, _ = data()
+    model = bp.Sequential(bp.Conv2d(1, 3, 3, padding=1), bp.ReLU(), bp.Dropout(0.2), bp.MaxPool2d(2), bp.Flatten(),
+                          bp.Dense(27, CLASSES), input_shape=(1, 6, 6), dtype="float64", seed=3)
+    return train(comm, model, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                 images, labels, epochs=2, validation_data=(images[:9], labels[:9]), metrics=["accuracy"])
+
+
+@case
 def small_batch(comm: Any) -> dict:
     """Batches of 2 (and a last one of 1) on 3 ranks: some ranks have no rows."""
     x, _, targets = data()

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import backprop as bp
-from backprop.data_parallel import GradientBuffer
+from backprop.data_parallel import DataParallel, GradientBuffer
 from backprop.distributed import Communicator
 from backprop.gradients import loss_and_backward
 from tests.mpi_launch import _mpiexec, cases, needs_mpi, run_under_timeout
@@ -94,3 +94,21 @@ def test_gradient_buffer_scales_flags_and_restores():
         assert np.array_equal(parameter.grad, gradient)
     assert not parameters[-1].has_grad
     assert buffer.buffer.size == sum(p.value.size for p in parameters) + len(parameters) + 1
+
+
+def with_batch_statistics(kind: str) -> tuple[bp.Sequential, int]:
+    """A model with a ``kind`` layer, and its number of classes."""
+    if kind == "BatchNorm2d":
+        return bp.Sequential(bp.BatchNorm2d(1), bp.Flatten(), bp.Dense(16, 2), input_shape=(1, 4, 4), seed=0), 2
+    return cases.network(bp.BatchNorm1d(8)), cases.CLASSES
+
+
+@pytest.mark.parametrize("kind", ["BatchNorm1d", "BatchNorm2d"])
+def test_layers_with_batch_statistics_are_refused_for_more_than_one_process(kind):
+    model, classes = with_batch_statistics(kind)
+    with pytest.raises(bp.errors.ConfigurationError, match=f"{kind}.*synchronised batch"):
+        DataParallel(ranks_of(2)[0], model, local=None)
+    x = np.random.default_rng(0).normal(size=(6, *model.input_shape))
+    history = model.fit(x, np.arange(6) % classes, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.1),
+                        epochs=1, verbose=0, communicator=Communicator())  # one process may use it
+    assert np.isfinite(history.history["loss"][0])
