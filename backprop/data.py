@@ -145,3 +145,9 @@ def check_batch(x: Any, expected: "tuple[int, ...] | None", where: str, what: st
         raise ShapeError(message)
     if shape[0] == 0:
         raise ShapeError(f"{what} is an empty batch (shape {shape}); give at least one sample")
+
+
+# The streaming half of the data story, reachable as bp.data.BatchLoader and bp.data.augment (imported last: both
+# use the helpers above).
+from backprop import augment  # noqa: E402
+from backprop.loader import BatchLoader  # noqa: E402
