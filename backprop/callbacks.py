@@ -76,6 +76,13 @@ class Callback:
     def on_train_end(self, logs: dict[str, float]) -> None:
         pass
 
+    def on_train_batch_begin(self, step: int) -> None:
+        """Optional: before training step ``step`` (counted from 0 over the whole ``fit``). ``fit`` calls the
+        batch hooks only of callbacks that override one, so the others cost nothing per batch."""
+
+    def on_train_batch_end(self, step: int) -> None:
+        """Optional: after step ``step``'s optimiser update; the parameters' ``.grad`` still hold its gradients."""
+
 
 class EarlyStopping(Callback):
     """Stop training after ``patience`` epochs in a row (at least one) in which ``monitor`` did not improve.
@@ -124,3 +131,76 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs: dict[str, float]) -> None:
         if self.restore_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+
+
+class GradientStats(Callback):
+    """Per-layer gradient norms (optionally parameter norms and update/parameter ratios) every ``every`` steps.
+
+    For each layer l (the parameters sharing a path, ``"0.weight"`` and ``"0.bias"`` are layer ``"0"``), at each
+    recorded step t, with g the gradients that step's update used, w the parameters after it and w_prev before::
+
+        grad_norm/l    = sqrt(sum over l's parameters of sum g^2)
+        param_norm/l   = sqrt(sum w^2)                              (parameters=True)
+        update_ratio/l = sqrt(sum (w - w_prev)^2) / param_norm/l    (updates=True; about lr for plain SGD)
+
+    The values go into the `History` that ``fit`` returns, ``history.step_history[name]`` with the steps in
+    ``history.steps`` (and into ``self.steps`` / ``self.values`` for a hand-written loop that calls the batch
+    hooks). Norms are computed on the device in the model's dtype; each recorded step reads them in one host copy.
+    A vanishing gradient shows as grad_norm shrinking by orders of magnitude from the last layer to the first; an
+    update ratio far above 1e-3 per step warns of a learning rate too large (Karpathy's rule of thumb).
+    """
+
+    def __init__(self, every: int = 1, parameters: bool = False, updates: bool = False) -> None:
+        self.every = integer(every, "GradientStats every", meaning="record every N training steps")
+        self.parameters, self.updates = flag(parameters, "parameters"), flag(updates, "updates")
+
+    def on_train_begin(self, model: Any) -> None:
+        super().on_train_begin(model)
+        self.history = getattr(model, "history", None)
+        self.steps: list[int] = []
+        self.values: dict[str, list[float]] = {}
+        self._previous: dict[str, Any] = {}
+
+    def _layers(self) -> dict[str, list]:
+        layers: dict[str, list] = {}
+        for name, parameter in self.model.named_parameters():
+            layers.setdefault(name.rpartition(".")[0] or name, []).append(parameter)
+        return layers
+
+    def on_train_batch_begin(self, step: int) -> None:
+        if self.updates and step % self.every == 0:
+            xp = self.model.backend.xp
+            with self.model.backend.activate():
+                self._previous = {name: xp.asarray(p.value, copy=True) for name, p in self.model.named_parameters()}
+
+    def on_train_batch_end(self, step: int) -> None:
+        if step % self.every:
+            return
+        backend, xp = self.model.backend, self.model.backend.xp
+        names, values = [], []
+
+        def norm(arrays: list) -> Any:
+            return xp.sqrt(sum(xp.sum(a * a) for a in arrays))
+
+        with backend.activate():
+            for layer, parameters in self._layers().items():
+                grads = [p.grad for p in parameters if p.has_grad]
+                if grads:
+                    names.append(f"grad_norm/{layer}")
+                    values.append(norm(grads))
+                if self.parameters or self.updates:
+                    weight_norm = norm([p.value for p in parameters])
+                    if self.parameters:
+                        names.append(f"param_norm/{layer}")
+                        values.append(weight_norm)
+                    if self.updates and self._previous:
+                        names.append(f"update_ratio/{layer}")
+                        values.append(norm([p.value - self._previous[p.name] for p in parameters]) / weight_norm)
+            host = backend.to_numpy(xp.stack(values)).tolist() if values else []
+        self._previous = {}
+        record = dict(zip(names, host))
+        self.steps.append(step)
+        for name, value in record.items():
+            self.values.setdefault(name, []).append(value)
+        if self.history is not None:
+            self.history.append_step(step, record)

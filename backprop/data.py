@@ -149,5 +149,5 @@ def check_batch(x: Any, expected: "tuple[int, ...] | None", where: str, what: st
 
 # The streaming half of the data story, reachable as bp.data.BatchLoader and bp.data.augment (imported last: both
 # use the helpers above).
-from backprop import augment  # noqa: E402
-from backprop.loader import BatchLoader  # noqa: E402
+from backprop import augment  # noqa: E402, F401  (re-exported)
+from backprop.loader import BatchLoader  # noqa: E402, F401  (re-exported)

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from backprop.callbacks import HOOKS
+from backprop.callbacks import HOOKS, Callback
 from backprop.data import check_finite, to_backend
 from backprop.distributed import Communicator
 from backprop.errors import ArgumentTypeError, ConfigurationError, DivergenceError, ShapeError
@@ -66,16 +66,49 @@ class History:
 
     Names: ``"loss"``, each metric (``"accuracy"``, ``"mse"``), and with validation data ``"val_loss"`` and
     ``"val_<metric>"``. ``epoch`` lists the epochs that ran, counted from 0 as callbacks see them.
+    Values recorded per training step (`backprop.callbacks.GradientStats`) are in ``step_history[name]``, at the
+    steps listed in ``steps`` (counted from 0 over the ``fit``). ``fit`` sets ``model.history`` to this object
+    before the callbacks' ``on_train_begin``.
     """
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
+        self.step_history: dict[str, list[float]] = {}
+        self.steps: list[int] = []
 
     def append(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)
         for name, value in logs.items():
             self.history.setdefault(name, []).append(value)
+
+    def append_step(self, step: int, values: dict[str, float]) -> None:
+        self.steps.append(step)
+        for name, value in values.items():
+            self.step_history.setdefault(name, []).append(value)
+
+    def plot(self, path: "str | None" = None, names: "Sequence[str] | None" = None) -> Any:
+        """Draw each logged quantity against the epoch, its ``val_`` twin in the same panel; return the
+        matplotlib Figure (saved to ``path`` if given). Needs matplotlib (the ``examples`` extra)."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("History.plot needs matplotlib: pip install matplotlib") from None
+        names = [n for n in self.history if not n.startswith("val_")] if names is None else list(names)
+        figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+        epochs = [epoch + 1 for epoch in self.epoch]
+        for ax, name in zip(axes[0], names):
+            ax.plot(epochs, self.history[name], label=f"training {name}" if name != "lr" else name)
+            if f"val_{name}" in self.history:
+                ax.plot(epochs, self.history[f"val_{name}"], label=f"validation {name}")
+            ax.set(xlabel="epoch", ylabel=name, title=name)
+            if name == "loss" and min(self.history[name]) > 0:
+                ax.set_yscale("log")
+            ax.legend()
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(path, dpi=110)
+        return figure
 
     def __repr__(self) -> str:
         last = {name: values[-1] for name, values in self.history.items()}
@@ -303,9 +336,12 @@ def fit(
     validation_bounds = _bounds(validation[0].shape[0], batch_size) if validation is not None else []
     validation_sizes = _sizes(validation_bounds)
     history, logs = History(), {}
-    model.stop_training = False
+    model.stop_training, model.history = False, history
     for callback in callbacks:
         callback.on_train_begin(model)
+    batch_begin = _batch_hooks(callbacks, "on_train_batch_begin")
+    batch_end = _batch_hooks(callbacks, "on_train_batch_end")
+    step = 0
     progress = _Progress(epochs, verbose, initial_epoch)
     snapshot = _Snapshot(model, optimizer)
     shuffling = shuffle and len(bounds) > 1
@@ -326,7 +362,12 @@ def fit(
             for start, stop in bounds:
                 with backend.activate():
                     batch_inputs, batch_targets = epoch_inputs[start:stop, ...], epoch_targets[start:stop, ...]
+                for hook in batch_begin:
+                    hook(step)
                 batch_losses.append(hooks.step(loss, batch_inputs, batch_targets, optimizer, penalty))
+                for hook in batch_end:
+                    hook(step)
+                step += 1
             series = {"loss": batch_losses, _FINITE: _parameters_finite(model)}
             series.update(hooks.collectively(_epoch_scores, hooks, inputs, targets, bounds, validation,
                                              validation_bounds, loss, named_metrics))
@@ -378,6 +419,13 @@ class _OneProcess:
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
         return bool(self.model.stop_training)
+
+
+def _batch_hooks(callbacks: list, name: str) -> list:
+    """The bound per-batch hook ``name`` of each callback that defines it other than as `Callback`'s no-op, so
+    callbacks without per-batch work cost nothing per batch."""
+    return [getattr(c, name) for c in callbacks
+            if callable(getattr(c, name, None)) and getattr(type(c), name, None) is not getattr(Callback, name)]
 
 
 def _call(function: Any, *args: Any) -> Any:
