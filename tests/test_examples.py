@@ -138,3 +138,19 @@ def test_examples_run_on_another_device_with_the_same_results(capsys, name, argv
     on_cpu = module.main(argv)
     on_device1 = module.main(argv + ["--device", "array_api_strict:device1"])
     assert on_device1[key] == pytest.approx(on_cpu[key], rel=1e-6)
+
+
+def test_vanishing_gradients_sigmoid_shrinks_relu_keeps_clipping_rescues(capsys):
+    result = load("vanishing_gradients").main(["--epochs", "2", "--steps", "30"])
+    output = capsys.readouterr().out
+    sigmoid_norms = result["runs"]["sigmoid + Glorot"]["initial_norms"]
+    relu_norms = result["runs"]["ReLU + He"]["initial_norms"]
+    assert len(sigmoid_norms) == len(relu_norms) == 10
+    assert sigmoid_norms[0] / sigmoid_norms[-1] < 1e-4  # vanishing: five orders of magnitude over ten layers
+    assert relu_norms[0] / relu_norms[-1] > 1e-2
+    assert all(a < b for a, b in zip(sigmoid_norms, sigmoid_norms[1:]))
+    unclipped, clipped = result["exploding"]["no clipping"], result["exploding"]["clip_grad_norm(max_norm=1)"]
+    assert len(unclipped[0]) < 10 and len(clipped[0]) == 30  # diverges within steps; clipped runs all 30
+    assert clipped[0][-1] < clipped[0][0] / 2 and unclipped[1][0] == clipped[1][0] > 1e3
+    assert "diverged (non-finite loss) at step" in output
+    assert_plot("vanishing_gradients.png", output)
