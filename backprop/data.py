@@ -12,6 +12,7 @@ Rules (documented in the README):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,13 @@ def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", inte
             "no silent copies are made between devices"
         )
     raise DTypeError(f"{what} must be an array or a (nested) list of numbers, got {type(data).__name__}")
+
+
+def is_source(data: Any) -> bool:
+    """Whether ``data`` is a source of batches rather than an array: iterable, and neither a host or device array
+    nor a list or tuple (which are data) nor array-like (``__array__``, e.g. a pandas DataFrame)."""
+    return isinstance(data, Iterable) and not isinstance(data, (np.ndarray, list, tuple, str, bytes)) \
+        and not any(hasattr(data, name) for name in ("__array_namespace__", "__dlpack__", "__array__"))
 
 
 def check_finite(array: Any, backend: Any, what: str = "input") -> None:

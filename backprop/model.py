@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from backprop.backends import Backend, get_backend
-from backprop.data import check_batch, to_backend
+from backprop.data import check_batch, is_source, to_backend
 from backprop.errors import ConfigurationError, ShapeError
 from backprop.layers.base import Layer, Shape, as_shape, dtype_name, shape_mismatch
 from backprop.layers.registry import describe, layer_from_node, register_layer
@@ -292,26 +292,35 @@ class Sequential(Layer):
 
         return x, backward
 
-    def predict(self, x: Any) -> Any:
-        """Inference (``training=False``): the output as an array on the model's device."""
-        return self.forward(x, training=False)[0]
+    def predict(self, x: Any, batch_size: int | None = None) -> Any:
+        """Inference (``training=False``): the output as an array on the model's device. ``batch_size`` runs the
+        forward pass that many samples at a time (bounding the device memory of the activations); a source of
+        batches returns host NumPy outputs (see `backprop.training.predict`)."""
+        if batch_size is None and not is_source(x):
+            return self.forward(x, training=False)[0]
+        from backprop.training import predict
+
+        return predict(self, x, batch_size)
 
     __call__ = predict
 
     # -- training (backprop/training.py) --------------------------------------------------------------------
     def fit(self, x: Any, y: Any, loss: Any, optimizer: Any, epochs: int, **options: Any) -> Any:
         """Train with mini-batch gradient descent and return a `History`: see `backprop.training.fit`
-        for the options (batch_size, shuffle, seed, validation_data, metrics, callbacks, verbose,
-        initial_epoch, penalty)."""
+        for the options (batch_size, shuffle, seed, validation_data, validation_split, metrics, callbacks,
+        verbose, initial_epoch, penalty, steps_per_epoch). ``x`` may be a source of (x_batch, y_batch) host
+        batches such as `backprop.data.BatchLoader`, with ``y=None``."""
         from backprop.training import fit
 
         return fit(self, x, y, loss, optimizer, epochs, **options)
 
-    def evaluate(self, x: Any, y: Any, loss: Any, metrics: Any = (), batch_size: int | None = None) -> dict[str, float]:
-        """``{"loss": ..., metric: ...}`` over (x, y) in inference mode: see `backprop.training.evaluate`."""
+    def evaluate(self, x: Any, y: Any, loss: Any, metrics: Any = (), batch_size: int | None = None,
+                 steps: int | None = None) -> dict[str, float]:
+        """``{"loss": ..., metric: ...}`` over (x, y), or a source of batches with ``y=None``, in inference mode:
+        see `backprop.training.evaluate`."""
         from backprop.training import evaluate
 
-        return evaluate(self, x, y, loss, metrics, batch_size)
+        return evaluate(self, x, y, loss, metrics, batch_size, steps)
 
     # -- describing -----------------------------------------------------------------------------------------
     def config(self) -> dict:

@@ -31,6 +31,18 @@ mask generators, so a retry of the epoch draws the same masks) and the optimiser
 the start of that epoch, the last state known to be finite, and raises `DivergenceError` naming the epoch and the
 first non-finite batch (``error.epoch`` and ``error.batch``, counted from 1).
 
+Streaming: ``fit(source, None, ...)`` takes, instead of arrays, a source yielding ``(x_batch, y_batch)`` host
+batches (`backprop.data.BatchLoader`, a user's loader, an object whose ``__iter__`` returns a generator; a one-pass
+generator object needs ``steps_per_epoch``). Each batch is moved to the device on its own and checked as arrays are
+(shapes, NaN/inf, target ranges; an error names the batch, and a batch refused mid-epoch undoes the epoch's steps
+as divergence does). The source decides the order; `BatchLoader` with ``transform=None`` gives exactly the batches
+the in-memory ``fit(x, y, batch_size=, seed=)`` trains on, so both end with bit-identical parameters. Training
+metrics of a streamed epoch are the size-weighted mean over its batches, each scored in inference mode right after
+its step (the whole training set is not on the device to score at the epoch's end). ``validation_data`` may be a
+source too; ``evaluate`` and ``predict`` take sources (``predict`` then returns host NumPy outputs).
+
+When a learning-rate schedule is among the callbacks, the logs carry ``"lr"``, the rate of the epoch's steps.
+
 The loop's hooks: what differs between one process and a data-parallel MPI job is held by one object with five
 methods, `_OneProcess` here and `backprop.data_parallel.DataParallel` for ``fit(..., communicator=comm)`` with
 more than one rank: ``collectively(function, *args)`` (the argument and data checks, decided together),
@@ -43,20 +55,22 @@ more than one rank: ``collectively(function, *args)`` (the argument and data che
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from backprop.callbacks import HOOKS, Callback
-from backprop.data import check_finite, to_backend
+from backprop.data import check_finite, is_source, to_backend
 from backprop.distributed import Communicator
-from backprop.errors import ArgumentTypeError, ConfigurationError, DivergenceError, ShapeError
+from backprop.errors import ArgumentTypeError, BackpropError, ConfigurationError, DivergenceError, ShapeError
 from backprop.gradients import loss_and_backward
 from backprop.losses import Loss, warn_if_activation_mismatch
 from backprop.metrics import Metric, resolve
 from backprop.optim.base import Optimizer
+from backprop.optim.schedules import Schedule
 from backprop.penalties import Penalty
-from backprop.validation import choice, describe, flag, instance, integer, optional_list
+from backprop.validation import choice, describe, flag, instance, integer, number, optional_list
 from backprop.validation import seed as checked_seed
 
 
@@ -290,8 +304,16 @@ def fit(
     initial_epoch: int = 0,
     penalty: "Penalty | None" = None,
     communicator: "Communicator | None" = None,
+    validation_split: float = 0.0,
+    steps_per_epoch: int | None = None,
 ) -> History:
     """Train ``model`` on (x, y) for ``epochs`` passes; return the `History`.
+
+    ``x`` may instead be a source of batches (``y=None``): anything yielding ``(x_batch, y_batch)`` host arrays,
+    such as `backprop.data.BatchLoader` (see "Streaming" in the module doc); ``steps_per_epoch`` caps the batches
+    taken per epoch (required for a one-pass iterator such as a generator object).
+    ``validation_split=f`` holds out the last fraction f of the samples (before any shuffling, as Keras does) as
+    validation data.
 
     ``batch_size=None`` is full-batch gradient descent (a larger batch size is clamped to the data size);
     ``shuffle`` draws a new order every epoch from ``numpy.random.default_rng(seed)`` (``seed=None``: fresh
@@ -309,11 +331,17 @@ def fit(
     if communicator is not None:
         instance(communicator, Communicator, "communicator", "the communicator bp.distributed.init() returns")
     together = communicator is not None and communicator.size > 1
+    source = _Source.of(x, y, steps_per_epoch, "training data")
+    if together and (source is not None or is_source(validation_data)):
+        raise ConfigurationError("fit(communicator=...) needs in-memory data (x, y): each rank takes its rows of "
+                                 "every batch; give every rank the arrays, or train one process on the source")
+    if number(validation_split, "validation_split", low=0.0, high=1.0, high_open=True) > 0:
+        x, y, validation_data = _split(x, y, validation_split, source, validation_data)
     (epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation) = (
         communicator.collectively if together else _call)(
-        _check_arguments, model, x, y, loss, optimizer, epochs, batch_size, shuffle, seed, validation_data, metrics,
-        callbacks, verbose, initial_epoch, penalty)
-    samples = inputs.shape[0]
+        _check_arguments, model, None if source else x, y, loss, optimizer, epochs, batch_size, shuffle, seed,
+        validation_data, metrics, callbacks, verbose, initial_epoch, penalty)
+    samples = inputs.shape[0] if source is None else None
     if together:
         from backprop.data_parallel import DataParallel
 
@@ -331,10 +359,12 @@ def fit(
             callback.communicator = communicator
 
     backend, xp = model.backend, model.backend.xp
-    bounds = _bounds(samples, batch_size)
+    bounds = _bounds(samples, batch_size) if source is None else []
     sizes = _sizes(bounds)
-    validation_bounds = _bounds(validation[0].shape[0], batch_size) if validation is not None else []
+    validation_bounds = _bounds(validation[0].shape[0], batch_size or validation[0].shape[0]) \
+        if isinstance(validation, tuple) else []
     validation_sizes = _sizes(validation_bounds)
+    schedules = [callback for callback in callbacks if isinstance(callback, Schedule)]
     history, logs = History(), {}
     model.stop_training, model.history = False, history
     for callback in callbacks:
@@ -352,25 +382,38 @@ def fit(
             for callback in callbacks:
                 callback.on_epoch_begin(epoch)
             snapshot.take()
-            epoch_inputs, epoch_targets = inputs, targets
-            if shuffling:
-                order = backend.to_device(rng.permutation(samples), None)
-                with backend.activate():
-                    epoch_inputs = xp.take(inputs, order, axis=0)
-                    epoch_targets = xp.take(targets, order, axis=0)
-            batch_losses = []
-            for start, stop in bounds:
-                with backend.activate():
-                    batch_inputs, batch_targets = epoch_inputs[start:stop, ...], epoch_targets[start:stop, ...]
-                for hook in batch_begin:
-                    hook(step)
-                batch_losses.append(hooks.step(loss, batch_inputs, batch_targets, optimizer, penalty))
-                for hook in batch_end:
-                    hook(step)
-                step += 1
-            series = {"loss": batch_losses, _FINITE: _parameters_finite(model)}
-            series.update(hooks.collectively(_epoch_scores, hooks, inputs, targets, bounds, validation,
-                                             validation_bounds, loss, named_metrics))
+            lr = optimizer.lr  # the rate of this epoch's steps: a schedule changes it at the epoch's end
+            if source is None:
+                batches = _slices(backend, inputs, targets, bounds, rng.permutation(samples) if shuffling else None)
+            else:
+                batches = source.prepared(model, loss, "training")
+            batch_losses, batch_metrics, batch_sizes = [], {}, []
+            try:
+                for batch_inputs, batch_targets in batches:
+                    for hook in batch_begin:
+                        hook(step)
+                    batch_losses.append(hooks.step(loss, batch_inputs, batch_targets, optimizer, penalty))
+                    for hook in batch_end:
+                        hook(step)
+                    step += 1
+                    if source is not None:
+                        batch_sizes.append(batch_inputs.shape[0])
+                        for name, values in _evaluate(model, batch_inputs, batch_targets, None, named_metrics,
+                                                      [(0, batch_inputs.shape[0])]).items():
+                            batch_metrics.setdefault(name, []).extend(values)
+            except BackpropError:  # a source's batch refused mid-epoch: the epoch's steps are undone
+                snapshot.restore()
+                raise
+            series = {"loss": batch_losses, _FINITE: _parameters_finite(model), **batch_metrics}
+            if source is not None:
+                sizes = np.array(batch_sizes, dtype=np.float64)
+                bounds = [(0, size) for size in batch_sizes]  # only counted, in divergence messages
+            if isinstance(validation, _Source):
+                scores, validation_sizes = _stream_scores(model, validation, loss, named_metrics)
+                series.update({f"val_{name}": values for name, values in scores.items()})
+            series.update(hooks.collectively(_epoch_scores, hooks, inputs, targets, bounds if source is None else [],
+                                             validation if isinstance(validation, tuple) else None,
+                                             validation_bounds, loss, named_metrics if source is None else {}))
             host = hooks.reduce(_read(model, series))
             if not all(map(math.isfinite, host["loss"])):
                 batch = next(index for index, value in enumerate(host["loss"]) if not math.isfinite(value))
@@ -383,6 +426,8 @@ def fit(
                                   len(bounds), optimizer)
             logs = {name: _weighted_mean(values, validation_sizes if name.startswith("val_") else sizes)
                     for name, values in host.items()}
+            if schedules:
+                logs["lr"] = lr
             history.append(epoch, logs)
             progress.update(epoch, logs)
             if hooks.epoch_end(callbacks, epoch, logs):
@@ -419,6 +464,96 @@ class _OneProcess:
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
         return bool(self.model.stop_training)
+
+
+def _slices(backend: Any, inputs: Any, targets: Any, bounds: list, order: "np.ndarray | None") -> Any:
+    """The epoch's in-memory batches: the data gathered once in ``order`` on the device (as they are without
+    one), then cut into contiguous slices."""
+    if order is not None:
+        order = backend.to_device(order, None)
+        with backend.activate():
+            inputs, targets = backend.xp.take(inputs, order, axis=0), backend.xp.take(targets, order, axis=0)
+    for start, stop in bounds:
+        with backend.activate():
+            yield inputs[start:stop, ...], targets[start:stop, ...]
+
+
+class _Source:
+    """A source of host batches: re-iterable (a fresh pass per epoch, e.g. `BatchLoader`), or a one-pass
+    iterator (a generator object) read ``steps_per_epoch`` batches per epoch."""
+
+    def __init__(self, data: Any, steps_per_epoch: int | None, what: str) -> None:
+        self.data, self.what = data, what
+        self.steps = None if steps_per_epoch is None else integer(steps_per_epoch, "steps_per_epoch")
+        self.one_pass = isinstance(data, Iterator)
+        if self.one_pass and self.steps is None:
+            raise ConfigurationError(
+                f"the {what} is a one-pass iterator ({type(data).__name__}), exhausted after one epoch: give "
+                "steps_per_epoch=, or a re-iterable source (an object whose __iter__ starts a new pass, such as "
+                "bp.data.BatchLoader)")
+
+    @classmethod
+    def of(cls, x: Any, y: Any, steps_per_epoch: Any, what: str) -> "_Source | None":
+        """A `_Source` when ``x`` is one (then ``y`` must be None), else None (and no steps_per_epoch)."""
+        if not is_source(x):
+            if steps_per_epoch is not None:
+                raise ConfigurationError("steps_per_epoch applies to a source of batches; with arrays (x, y) the "
+                                         "batches per epoch are ceil(n / batch_size)")
+            return None
+        if y is not None:
+            raise ConfigurationError(f"the {what} is a source of (x_batch, y_batch) pairs, so y must be None; "
+                                     "the targets come with each batch")
+        return cls(x, steps_per_epoch, what)
+
+    def batches(self) -> Iterator[tuple[Any, Any]]:
+        """This epoch's (x_batch, y_batch) pairs, checked to be pairs."""
+        iterator = self.data if self.one_pass else iter(self.data)
+        index = 0
+        while self.steps is None or index < self.steps:
+            try:
+                pair = next(iterator)
+            except StopIteration:
+                if index == 0:
+                    raise ConfigurationError(f"the {self.what} yielded no batch this epoch; a generator object "
+                                             "is used up after its batches: pass a re-iterable source") from None
+                return
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ConfigurationError(f"batch {index + 1} of the {self.what} is {type(pair).__name__}, not a "
+                                         "pair (x_batch, y_batch)")
+            yield pair
+            index += 1
+
+    def prepared(self, model: Any, loss: Loss, what: str) -> Iterator[tuple[Any, Any]]:
+        """Each batch moved to the device and checked (shapes, NaN/inf, target ranges) as ``fit`` checks arrays."""
+        for index, (x_batch, y_batch) in enumerate(self.batches()):
+            yield _prepare(model, x_batch, y_batch, loss, f"{what} batch {index + 1}")
+
+
+def _stream_scores(model: Any, source: _Source, loss: Loss, metrics: dict[str, Metric]) -> tuple[dict, np.ndarray]:
+    """Per-batch loss and metrics over a source in inference mode, and the batch sizes."""
+    series: dict[str, list] = {}
+    sizes = []
+    for inputs, targets in source.prepared(model, loss, "validation"):
+        sizes.append(inputs.shape[0])
+        for name, values in _evaluate(model, inputs, targets, loss, metrics, [(0, inputs.shape[0])]).items():
+            series.setdefault(name, []).extend(values)
+    return series, np.array(sizes, dtype=np.float64)
+
+
+def _split(x: Any, y: Any, fraction: float, source: Any, validation_data: Any) -> tuple[Any, Any, Any]:
+    """(x_train, y_train, (x_val, y_val)): the last ``fraction`` of the samples held out."""
+    if source is not None or validation_data is not None:
+        raise ConfigurationError("validation_split needs arrays (x, y) and no validation_data; give one or the "
+                                 "other" if validation_data is not None else "validation_split needs arrays (x, y); "
+                                 "for a source of batches give validation_data= (arrays or another source)")
+    x = x if hasattr(x, "shape") else np.asarray(x)
+    y = y if hasattr(y, "shape") else np.asarray(y)
+    samples = x.shape[0]
+    cut = samples - int(math.floor(samples * fraction))
+    if cut in (0, samples):
+        raise ConfigurationError(f"validation_split={fraction:g} of {samples} samples holds out "
+                                 f"{samples - cut}; choose a fraction that leaves both parts non-empty")
+    return x[:cut, ...], y[:cut, ...], (x[cut:, ...], y[cut:, ...])
 
 
 def _batch_hooks(callbacks: list, name: str) -> list:
@@ -480,25 +615,65 @@ def _check_arguments(model: Any, x: Any, y: Any, loss: Loss, optimizer: Optimize
     if batch_size is not None:
         batch_size = integer(batch_size, "batch_size")
 
-    inputs, targets = _prepare(model, x, y, loss, "training")
-    samples = inputs.shape[0]
-    batch_size = samples if batch_size is None else min(batch_size, samples)
-    validation = None
-    if validation_data is not None:
+    inputs = targets = None
+    if x is not None:
+        inputs, targets = _prepare(model, x, y, loss, "training")
+        samples = inputs.shape[0]
+        batch_size = samples if batch_size is None else min(batch_size, samples)
+    elif batch_size is not None:
+        raise ConfigurationError("batch_size applies to arrays (x, y); a source of batches sets its own batch size")
+    validation: Any = None
+    if is_source(validation_data):
+        validation = _Source(validation_data, None, "validation data")
+    elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ConfigurationError("validation_data must be a pair (x_val, y_val)")
+            raise ConfigurationError("validation_data must be a pair (x_val, y_val) or a source of batches")
         validation = _prepare(model, *validation_data, loss, "validation")
     return epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation
 
 
 def evaluate(model: Any, x: Any, y: Any, loss: Loss, metrics: "Sequence[str | Metric]" = (),
-             batch_size: int | None = None) -> dict[str, float]:
-    """``{"loss": ..., metric: ...}`` over (x, y) in inference mode, as Python floats (batches weighted by size)."""
+             batch_size: int | None = None, steps: int | None = None) -> dict[str, float]:
+    """``{"loss": ..., metric: ...}`` over (x, y) in inference mode, as Python floats (batches weighted by size).
+
+    ``x`` may be a source of ``(x_batch, y_batch)`` host batches (with ``y=None``; ``steps`` caps the batches
+    read), each moved to the device and checked in turn."""
     instance(loss, Loss, "loss", "a backprop loss such as bp.losses.MeanSquaredError()")
     named_metrics = resolve(metrics, loss)
+    source = _Source.of(x, y, steps, "evaluation data")
+    if source is not None:
+        series, sizes = _stream_scores(model, source, loss, named_metrics)
+        return {name: _weighted_mean(values, sizes) for name, values in _read(model, series).items()}
     inputs, targets = _prepare(model, x, y, loss, "evaluation")
     samples = inputs.shape[0]
     batch_size = samples if batch_size is None else min(integer(batch_size, "batch_size"), samples)
     bounds = _bounds(samples, batch_size)
     host = _read(model, _evaluate(model, inputs, targets, loss, named_metrics, bounds))
     return {name: _weighted_mean(values, _sizes(bounds)) for name, values in host.items()}
+
+
+def predict(model: Any, x: Any, batch_size: int | None = None) -> Any:
+    """Inference over ``x`` in batches of ``batch_size``: an array on the model's device; or, for a source of
+    batches (each ``x_batch`` or ``(x_batch, y_batch)``), the outputs copied to the host per batch and returned
+    as one NumPy array (a source is there for data that do not fit on the device at once)."""
+    if is_source(x):
+        outputs = []
+        for index, batch in enumerate(x):
+            x_batch = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+            outputs.append(np.asarray(model.backend.to_numpy(model.forward(x_batch, training=False)[0])))
+        if not outputs:
+            raise ConfigurationError("predict got a source that yielded no batch")
+        return np.concatenate(outputs, axis=0)
+    inputs = model.as_input(x)
+    samples = inputs.shape[0]
+    batch_size = samples if batch_size is None else integer(batch_size, "batch_size")
+    backend = model.backend
+    parts = []
+    for start in range(0, samples, batch_size):
+        with backend.activate():
+            part = inputs[start:min(start + batch_size, samples), ...]
+        parts.append(model.forward(part, training=False)[0])
+    if len(parts) == 1:
+        return parts[0]
+    with backend.activate():
+        return backend.xp.concat(parts, axis=0)
