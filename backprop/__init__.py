@@ -5,7 +5,7 @@
     value, grads = bp.value_and_grad(model, bp.losses.MeanSquaredError(), x, y)
 """
 
-from backprop import backends, callbacks, distributed, errors, init, losses, metrics, optim, penalties, training
+from backprop import augment, backends, callbacks, data, distributed, errors, init, losses, metrics, optim, penalties, training
 from backprop.backends import get_backend, to_numpy
 from backprop.checkpoint import Checkpoint, ModelCheckpoint, export_safetensors, load, load_checkpoint, load_into, save
 from backprop.gradients import gradcheck, value_and_grad
@@ -23,6 +23,6 @@ __all__ = [
     "Reshape", "Residual", "Sequential", "Sigmoid", "Softmax", "Tanh", "register_layer",
     "AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d",
     "Checkpoint", "History", "ModelCheckpoint", "export_safetensors", "load", "load_checkpoint", "load_into", "save",
-    "backends", "callbacks", "distributed", "errors", "get_backend", "gradcheck", "init", "losses", "metrics", "optim", "penalties",
+    "augment", "backends", "callbacks", "data", "distributed", "errors", "get_backend", "gradcheck", "init", "losses", "metrics", "optim", "penalties",
     "to_numpy", "training", "value_and_grad",
 ]
