@@ -16,6 +16,10 @@ from backprop.model import Sequential
 from backprop.parameter import Parameter
 from backprop.training import History
 
+# bp.callbacks.ModelCheckpoint too: it is defined beside save() in backprop.checkpoint, which imports this module's
+# Callback, so the callbacks module cannot import it back; the package links it in once both exist.
+callbacks.ModelCheckpoint = ModelCheckpoint
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -6,8 +6,11 @@ finally ``on_train_end(logs)``. A callback stops training by setting ``model.sto
 model it was given in ``on_train_begin``), as in Keras. ``epoch`` counts from 0.
 
 Differences from Keras's ``keras.callbacks.Callback``: ``on_train_begin`` receives the model (Keras passes
-``logs`` and sets ``self.model`` beforehand), ``on_epoch_begin`` receives no ``logs``, and there are no per-batch
-hooks. A Keras callback therefore does not fit as it is: subclass `Callback` and override the hooks you need.
+``logs`` and sets ``self.model`` beforehand), ``on_epoch_begin`` receives no ``logs``, and the optional per-batch
+hooks ``on_train_batch_begin(step)`` / ``on_train_batch_end(step)`` receive the step counted over the whole ``fit``
+and no logs (reading a batch's loss would make the device wait every step). ``fit`` calls them only for callbacks
+that define them (`GradientStats` does). A Keras callback therefore does not fit as it is: subclass `Callback` and
+override the hooks you need. ``bp.callbacks.ModelCheckpoint`` is ``bp.ModelCheckpoint``.
 
 Callbacks that watch a logged value (`EarlyStopping`, `backprop.ModelCheckpoint`) need to know whether it should
 go up or down: ``mode="auto"`` infers it from the name with `monitor_mode` (accuracy-like names go up, loss-like
@@ -90,11 +93,15 @@ class EarlyStopping(Callback):
     Improvement (mode "min"): value < best - min_delta; mode "max": value > best + min_delta; "auto" infers the
     direction from the name (see `monitor_mode`). With ``restore_best`` the model gets back, when training
     ends, the parameters of its best epoch (host copies taken by ``model.state_dict()`` at each improvement).
-    After training: ``best`` (the best value), ``best_epoch`` and ``stopped_epoch`` (None if it never stopped).
+    After training: ``best`` (the best value), ``best_epoch`` and ``stopped_epoch`` (None if it never stopped),
+    counted from 0 as callbacks see epochs, and ``message``, which says in words (epochs counted from 1, as the
+    progress display counts them) when it stopped and which epoch's parameters it restored; ``verbose=1`` (the
+    default) prints it, on rank 0 only under data-parallel training.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
-                 restore_best: bool = False, mode: str = "auto") -> None:
+                 restore_best: bool = False, mode: str = "auto", verbose: int = 1) -> None:
+        self.verbose = choice(verbose, "EarlyStopping verbose (0 silent, 1 print what happened)", (0, 1))
         self.patience = integer(patience, "patience", low=0)
         self.min_delta = number(min_delta, "min_delta", low=0.0)
         self.monitor, self.restore_best = monitor, flag(restore_best, "restore_best")
@@ -107,6 +114,7 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
         self.best_state: dict | None = None
         self.wait = 0
+        self.message = ""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.monitor not in logs:
@@ -129,8 +137,22 @@ class EarlyStopping(Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, float]) -> None:
-        if self.restore_best and self.best_state is not None:
+        restored = self.restore_best and self.best_state is not None
+        if restored:
             self.model.load_state_dict(self.best_state)
+        if self.best_epoch is None:
+            return
+        best = f"best {self.monitor} {self.best:.6g} at epoch {self.best_epoch + 1}"
+        if self.stopped_epoch is not None:
+            self.message = (f"EarlyStopping: stopped after epoch {self.stopped_epoch + 1}: {self.monitor} did not "
+                            f"improve by more than {self.min_delta:g} for {self.wait} epoch(s); {best}")
+        else:
+            self.message = f"EarlyStopping: did not stop (training ran its epochs); {best}"
+        self.message += (f"; restored the parameters of epoch {self.best_epoch + 1}" if restored
+                         else "; the model keeps the parameters of the last epoch")
+        logger.info("%s", self.message)
+        if self.verbose and (self.communicator is None or self.communicator.is_root):
+            print(self.message)
 
 
 class GradientStats(Callback):
@@ -204,3 +226,4 @@ class GradientStats(Callback):
             self.values.setdefault(name, []).append(value)
         if self.history is not None:
             self.history.append_step(step, record)
+

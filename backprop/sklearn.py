@@ -192,7 +192,8 @@ class _BackpropEstimator(BaseEstimator):
             samples -= held
         if stop_early:
             callbacks.append(EarlyStopping("val_loss" if validation is not None else "loss", min_delta=self.tol,
-                                           patience=self.n_iter_no_change, restore_best=validation is not None))
+                                           patience=self.n_iter_no_change, restore_best=validation is not None,
+                                           verbose=int(bool(self.verbose))))
         batch_size = min(200, samples) if self.batch_size == "auto" else min(int(self.batch_size), samples)
         penalty = L2(self.alpha / (2 * batch_size)) if self.alpha > 0 else None
         history = self.model_.fit(X, targets, self._loss(), self._optimizer, epochs, batch_size=batch_size,

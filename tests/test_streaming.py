@@ -164,3 +164,26 @@ def test_history_plot_draws_training_and_validation_curves(tmp_path):
     np.testing.assert_array_equal(loss_axes.lines[1].get_ydata(), history.history["val_loss"])
     assert accuracy_axes.get_xlabel() == "epoch" and accuracy_axes.get_ylabel() == "accuracy"
     assert (tmp_path / "history.png").stat().st_size > 5000
+
+
+def test_early_stopping_says_when_it_stopped_and_which_epoch_it_restored(capsys):
+    x, y = classification()
+    model = classifier()
+    stopper = bp.callbacks.EarlyStopping("val_loss", patience=2, restore_best=True)
+    history = model.fit(x, y, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=3.0), epochs=40,
+                        validation_split=0.3, callbacks=[stopper], verbose=0)
+    best = int(np.argmin(history.history["val_loss"]))
+    assert stopper.stopped_epoch == len(history.epoch) - 1 == best + 2
+    expected = (f"EarlyStopping: stopped after epoch {best + 3}: val_loss did not improve by more than 0 for 2 "
+                f"epoch(s); best val_loss {history.history['val_loss'][best]:.6g} at epoch {best + 1}; restored the "
+                f"parameters of epoch {best + 1}")
+    assert stopper.message == expected and capsys.readouterr().out.strip() == expected
+    quiet = bp.callbacks.EarlyStopping("loss", patience=50, verbose=0)
+    model.fit(x, y, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.01), epochs=2,
+              callbacks=[quiet], verbose=0)
+    assert quiet.message.startswith("EarlyStopping: did not stop") and "keeps the parameters of the last" in \
+        quiet.message and capsys.readouterr().out == ""
+
+
+def test_model_checkpoint_is_also_a_callback_name():
+    assert bp.callbacks.ModelCheckpoint is bp.ModelCheckpoint
