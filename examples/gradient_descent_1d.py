@@ -63,9 +63,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
             shown = np.array(path[:15])
             span = max(4.0, float(np.max(np.abs(shown + 2))) * 1.1)
             curve = np.linspace(-2 - span, -2 + span, 200)
-            axis.plot(curve, (curve + 2) ** 2, color="gray")
-            axis.plot(shown, (shown + 2) ** 2, "o-", color="tab:red", markersize=4)
-            axis.set(xlabel="x", ylabel="y = (x + 2)^2", title=f"{label} (first {len(shown) - 1} steps)")
+            axis.plot(curve, (curve + 2) ** 2, color="gray", label="y = (x + 2)^2")
+            axis.plot(shown, (shown + 2) ** 2, "o-", color="tab:red", markersize=4, label="x after each step")
+            axis.plot([-2.0], [0.0], marker="*", markersize=16, color="tab:green", linestyle="none",
+                      label="minimum x = -2")
+            diverging = abs(path[-1] + 2) > abs(path[0] + 2)
+            if diverging:  # number the steps: they alternate sides and climb the parabola
+                for step, value in enumerate(shown):
+                    axis.annotate(str(step), (value, (value + 2) ** 2), xytext=(0, 7), textcoords="offset points",
+                                  ha="center", fontsize=8)
+            axis.set(xlabel="x", ylabel="y = (x + 2)^2",
+                     title=f"{label}: first {len(shown) - 1} steps" + (" (numbered): diverges" if diverging else ""))
+            axis.legend(loc="upper center", fontsize=8)
         _common.save(figure, "gradient_descent_1d.png")
     return {"paths": runs, "final": {label: path[-1] for label, path in runs.items()}}
 

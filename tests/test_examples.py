@@ -124,6 +124,11 @@ def test_digits_accuracy_above_090_next_to_scikit_learn(capsys, optimizer):
     assert len(ours["loss"]) == len(theirs["loss"]) == 5  # the same number of epochs on both sides
     assert ours["loss"][-1] < ours["loss"][0] and math.isfinite(ours["seconds"])
     assert "backprop (cpu): test accuracy" in output and "scikit-learn MLPClassifier: test accuracy" in output
+    # the validation-curve run retraces the timed run exactly; the confusion matrix counts the test predictions
+    assert ours["curve"]["loss"] == ours["loss"] and len(ours["curve"]["val_accuracy"]) == 5
+    assert ours["curve"]["val_accuracy"][-1] == pytest.approx(ours["accuracy"], abs=1e-6)
+    assert ours["confusion"].sum() == 450 and np.trace(ours["confusion"]) / 450 == pytest.approx(ours["accuracy"], abs=1e-6)
+    assert "most frequent confusion on the test set:" in output
     assert_plot("digits.png", output)
 
 
