@@ -12,7 +12,7 @@ Rules (documented in the README):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -109,8 +109,10 @@ def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", inte
 
 def is_source(data: Any) -> bool:
     """Whether ``data`` is a source of batches rather than an array: iterable, and neither a host or device array
-    nor a list or tuple (which are data) nor array-like (``__array__``, e.g. a pandas DataFrame)."""
-    return isinstance(data, Iterable) and not isinstance(data, (np.ndarray, list, tuple, str, bytes)) \
+    nor a list or tuple (which are data) nor array-like (``__array__``, e.g. a pandas DataFrame), nor a string,
+    mapping or set (refused as data with the reason)."""
+    return isinstance(data, Iterable) \
+        and not isinstance(data, (np.ndarray, list, tuple, str, bytes, Mapping, set, frozenset)) \
         and not any(hasattr(data, name) for name in ("__array_namespace__", "__dlpack__", "__array__"))
 
 
