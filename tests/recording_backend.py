@@ -19,7 +19,14 @@ raise "Peer access is unavailable" or silently use peer access: ``_check_peer_ac
 ``clip`` writes through boolean masks, ``sign`` writes NaN through one), so their host reads show here.
 
 `profile_fit` and `profile_steps` cut the record into training steps; `steady_step_counts` gives the number of
-operations of one steady-state step, which the tests pin per workload.
+operations of one steady-state step, which the tests pin per workload::
+
+    with recording_backend.registered():
+        model = bp.Sequential(..., device="recording:1")        # device 0 stays current
+        profile = recording_backend.profile_fit(model, x, y, loss, optimizer, epochs=2, batch_size=8)
+        recording_backend.steady_step_counts(profile)           # Counter({"__mul__": 12, "matmul(out=)": 5, ...})
+        recording_backend.outside_context(profile.events)       # [] when every operation ran on device 1
+        profile.epoch_reads                                     # [["to_numpy"], ["to_numpy"]]
 """
 
 from __future__ import annotations

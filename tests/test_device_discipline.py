@@ -63,6 +63,11 @@ def _workloads():
             bp.losses.CrossEntropy(from_logits=False), lambda p: bp.optim.SGD(p, lr=0.1), "classes",
             {"metrics": ["accuracy", "mse"], "validation": True},
         ),
+        "mse_composed_residual_reshape_adam": (
+            lambda: [bp.Reshape((3, 1)), bp.Flatten(), bp.Dense(3, 8), bp.Tanh(),
+                     bp.Residual(bp.Sequential(bp.Dense(8, 8), bp.ReLU(), bp.Dense(8, 8))), bp.Dense(8, 1)],
+            bp.losses.MeanSquaredError(), lambda p: bp.optim.Adam(p, lr=0.01), "regression", {},
+        ),
     }
 
 
@@ -74,6 +79,7 @@ STEP_OPS = {
     "bce_logits_pos_weight_rmsprop_l1l2": 144,
     "ce_logits_weighted_adamw_batchnorm_dropout_l2": 165,
     "ce_probabilities_layernorm_sgd_metrics_validation": 79,
+    "mse_composed_residual_reshape_adam": 152,
 }
 CLIPPED_STEP_OPS = {"norm 2": 56, "norm inf": 55, "value": 45}  # Dense-Tanh-Dense, MSE, SGD with momentum
 
@@ -81,7 +87,7 @@ CLIPPED_STEP_OPS = {"norm 2": 56, "norm inf": 55, "value": 45}  # Dense-Tanh-Den
 def _profile(name: str, epochs: int = 3):
     layers, loss, optimizer_factory, kind, options = _workloads()[name]
     options = dict(options)
-    model = bp.Sequential(*layers(), device=DEVICE, seed=0)
+    model = bp.Sequential(*layers(), device=DEVICE, seed=0, input_shape=(3,))
     outputs = model.out_features
     x, y = _data(outputs, kind)
     if options.pop("validation", False):
