@@ -55,6 +55,7 @@ more than one rank: ``collectively(function, *args)`` (the argument and data che
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any, Iterable, Sequence
 
@@ -337,10 +338,13 @@ def fit(
                                  "every batch; give every rank the arrays, or train one process on the source")
     if number(validation_split, "validation_split", low=0.0, high=1.0, high_open=True) > 0:
         x, y, validation_data = _split(x, y, validation_split, source, validation_data)
-    (epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation) = (
-        communicator.collectively if together else _call)(
-        _check_arguments, model, None if source else x, y, loss, optimizer, epochs, batch_size, shuffle, seed,
-        validation_data, metrics, callbacks, verbose, initial_epoch, penalty)
+    with warnings.catch_warnings():
+        if together and not communicator.is_root:  # rank 0 alone warns, as it alone prints
+            warnings.simplefilter("ignore")
+        (epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation) = (
+            communicator.collectively if together else _call)(
+            _check_arguments, model, None if source else x, y, loss, optimizer, epochs, batch_size, shuffle, seed,
+            validation_data, metrics, callbacks, verbose, initial_epoch, penalty)
     samples = inputs.shape[0] if source is None else None
     if together:
         from backprop.data_parallel import DataParallel

@@ -342,6 +342,20 @@ def progress_lines(comm: Any) -> dict:
 
 
 @case
+def warning_on_root(comm: Any) -> dict:
+    """A model ending in Softmax trained with CrossEntropy(from_logits=True) warns, on rank 0 only."""
+    import warnings
+
+    x, labels, _ = data()
+    model = bp.Sequential(bp.Dense(FEATURES, CLASSES), bp.Softmax(), dtype="float64", seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(comm, model, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.1), x, labels,
+                       epochs=1)
+    return {**result, "warnings": [type(w.message).__name__ for w in caught]}
+
+
+@case
 def uninterrupted(comm: Any) -> dict:
     x, labels, _ = data()
     model = network(bp.Dropout(0.3))

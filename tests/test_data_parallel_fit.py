@@ -255,6 +255,12 @@ def test_only_rank_0_prints_progress(runs, reference):
 
 
 @needs_mpi
+def test_only_rank_0_warns(runs, reference):
+    assert reference("warning_on_root")["warnings"] == ["LossActivationWarning"]
+    assert [r["warnings"] for r in runs(3).results("warning_on_root")] == [["LossActivationWarning"], [], []]
+
+
+@needs_mpi
 def test_size_one_without_mpiexec_is_bitwise_fit(runs, reference):
     result, = runs(None, "size_one").results("size_one")
     assert result["size"] == 1
