@@ -332,19 +332,24 @@ def fit(
     if communicator is not None:
         instance(communicator, Communicator, "communicator", "the communicator bp.distributed.init() returns")
     together = communicator is not None and communicator.size > 1
-    source = _Source.of(x, y, steps_per_epoch, "training data")
-    if together and (source is not None or is_source(validation_data)):
-        raise ConfigurationError("fit(communicator=...) needs in-memory data (x, y): each rank takes its rows of "
-                                 "every batch; give every rank the arrays, or train one process on the source")
-    if number(validation_split, "validation_split", low=0.0, high=1.0, high_open=True) > 0:
-        x, y, validation_data = _split(x, y, validation_split, source, validation_data)
+
+    def checked() -> tuple:
+        source = _Source.of(x, y, steps_per_epoch, "training data")
+        if together and (source is not None or is_source(validation_data)):
+            raise ConfigurationError("fit(communicator=...) needs in-memory data (x, y): each rank takes its rows "
+                                     "of every batch; give every rank the arrays, or train one process on the source")
+        train_x, train_y, held_out = x, y, validation_data
+        if number(validation_split, "validation_split", low=0.0, high=1.0, high_open=True) > 0:
+            train_x, train_y, held_out = _split(x, y, validation_split, source, validation_data)
+        return (source, *_check_arguments(model, None if source else train_x, train_y, loss, optimizer, epochs,
+                                          batch_size, shuffle, seed, held_out, metrics, callbacks, verbose,
+                                          initial_epoch, penalty))
+
     with warnings.catch_warnings():
         if together and not communicator.is_root:  # rank 0 alone warns, as it alone prints
             warnings.simplefilter("ignore")
-        (epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation) = (
-            communicator.collectively if together else _call)(
-            _check_arguments, model, None if source else x, y, loss, optimizer, epochs, batch_size, shuffle, seed,
-            validation_data, metrics, callbacks, verbose, initial_epoch, penalty)
+        (source, epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation) = (
+            communicator.collectively(checked) if together else checked())
     samples = inputs.shape[0] if source is None else None
     if together:
         from backprop.data_parallel import DataParallel
@@ -565,10 +570,6 @@ def _batch_hooks(callbacks: list, name: str) -> list:
     callbacks without per-batch work cost nothing per batch."""
     return [getattr(c, name) for c in callbacks
             if callable(getattr(c, name, None)) and getattr(type(c), name, None) is not getattr(Callback, name)]
-
-
-def _call(function: Any, *args: Any) -> Any:
-    return function(*args)
 
 
 def _epoch_scores(hooks: Any, inputs: Any, targets: Any, bounds: list, validation: Any, validation_bounds: list,

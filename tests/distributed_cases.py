@@ -240,6 +240,14 @@ def bad_data_on_one_rank(comm: Any) -> dict:
 
 
 @case
+def bad_split_on_one_rank(comm: Any) -> dict:
+    x, labels, _ = data()
+    model = network()
+    return train(comm, model, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.1), x, labels,
+                 validation_split=1.5 if rank(comm) == 1 else 0.2)
+
+
+@case
 def validation_error_on_one_rank(comm: Any) -> dict:
     def fragile(prediction: Any, target: Any) -> Any:
         if rank(comm) == 1:

@@ -211,6 +211,13 @@ def test_bad_data_on_one_rank_is_refused_on_every_rank(runs, ranks):
 
 
 @needs_mpi
+def test_a_bad_validation_split_on_one_rank_is_refused_on_every_rank(runs):
+    results = runs(3).results("bad_split_on_one_rank")
+    assert all(r["error"][0] == "ConfigurationError" and "validation_split" in r["error"][1] for r in results)
+    assert "raised on rank 1 of 3" in results[0]["error"][1]
+
+
+@needs_mpi
 def test_error_in_validation_on_one_rank_is_raised_on_every_rank(runs):
     results = runs(3).results("validation_error_on_one_rank")
     assert all(r["error"][0] == "TargetError" and "on rank 1" in r["error"][1] for r in results)
