@@ -244,8 +244,7 @@ def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
     difference and nothing is changed. Returns the checkpoint's ``extra`` metadata.
     """
     document, tensors = _read(path)
-    saved = _architecture(document, path)
-    saved_types, model_types = _layer_types(saved), _layer_types(model)
+    saved_types, model_types = _layer_types(_architecture(document, path)[0]), _layer_types(model.layers)
     if saved_types != model_types:
         raise CheckpointError(f"{path} holds another architecture: layers {saved_types}, the model has {model_types}")
     _check_fit(model, tensors, path)
@@ -267,19 +266,22 @@ def _restore(
 
     document, tensors = parsed
     described = document["model"]
-    saved = _architecture(document, path)
-    input_shape = described.get("input_shape")
+    layers, declared = _architecture(document, path)
+    built_for = described.get("input_shape")  # format 2: the shape the model was built for
     try:
-        if input_shape is not None and "input_shape" not in saved.config() and saved.input_shape == tuple(input_shape):
-            input_shape = None  # the layers declare it: the rebuilt model's config stays the saved one
-        model = Sequential(*saved.layers, input_shape=input_shape,
-                           device=device or "cpu", dtype=dtype or described["dtype"], seed=described.get("seed"))
+        model = Sequential(*layers, input_shape=declared, device=device or "cpu", dtype=dtype or described["dtype"],
+                           seed=described.get("seed"))
+        if not model.built and built_for is not None:  # built from its first batch: no layer declares the shape
+            model.build(built_for)
     except (ShapeError, ConfigurationError) as error:
         raise CheckpointError(f"{path}: the saved layers do not chain: {error}") from None
     if not model.built:  # only a file of format 1 whose layers declare no input width, and so have no parameters
         if tensors:
             raise CheckpointError(f"{path} holds tensors but no input shape to build its model for")
         return Checkpoint(model=model, optimizer=None, extra=document["extra"])
+    if built_for is not None and list(model.input_shape) != built_for:
+        raise CheckpointError(f"{path}: the model was saved for per-sample inputs of shape {built_for}, but its "
+                              f"layers take {model.input_shape}")
     _check_fit(model, tensors, path)
     _restore_random_states(model, document, path)
     model.load_state_dict({name: host for name, (role, host) in tensors.items() if role in ("parameter", "buffer")})
@@ -290,30 +292,36 @@ def _restore(
     return Checkpoint(model=model, optimizer=optimizer, extra=document["extra"])
 
 
-def _layer_types(model: Any) -> list[str]:
+def _layer_types(layers: list) -> list[str]:
     """The layers' class names in tree order, nested ones behind their dotted path (``"3.inner.0: Dense"``)."""
-    return [type(layer).__name__ if "." not in name else f"{name}: {type(layer).__name__}"
-            for name, layer in model.named_layers()]
+    types = []
+    for index, layer in enumerate(layers):
+        types.append(type(layer).__name__)
+        types += [f"{name}: {type(inner).__name__}" for name, inner in layer.named_layers(f"{index}.")]
+    return types
 
 
-def _architecture(document: dict, path: PathLike) -> Any:
-    """The saved architecture as an unbuilt `Sequential` (format 2: a tree of nodes; format 1: a list of layers)."""
+def _architecture(document: dict, path: PathLike) -> tuple[list, Any]:
+    """The saved model's layers, unbuilt, and the input shape its config declares (or None): format 2 stores a tree
+    of nodes, format 1 a list of layers. The layers are made one by one, so the model is built only once."""
     described = document["model"]
     if not isinstance(described, dict) or described.get("class") != "Sequential":
         kind = described.get("class") if isinstance(described, dict) else described
         raise CheckpointError(f"{path} holds a {kind!r} model; this backprop rebuilds Sequential only")
     if document["format_version"] == 1:
         config = described.get("config")
-        layers = config.get("layers") if isinstance(config, dict) else None
-        node = {"type": "Sequential", "config": {"layers": layers}}
+        node = {"type": "Sequential", "config": {"layers": config.get("layers") if isinstance(config, dict) else None}}
     else:
         node = described.get("architecture")
-    if not isinstance(node, dict) or node.get("type") != "Sequential":
-        raise CheckpointError(f"{path}: the architecture {node!r} is not a Sequential node")
+    config = node.get("config") if isinstance(node, dict) else None
+    if not isinstance(node, dict) or node.get("type") != "Sequential" or not isinstance(config, dict) \
+            or not isinstance(config.get("layers"), list) or set(config) - {"layers", "input_shape"}:
+        raise CheckpointError(f"{path}: the architecture {node!r} is not a Sequential node with a list of layers")
     try:
-        return layer_from_node(node, "the model")
+        layers = [layer_from_node(entry, f"layer {index}") for index, entry in enumerate(config["layers"])]
     except (ConfigurationError, ShapeError) as error:
         raise CheckpointError(f"{path}: {error}") from None
+    return layers, config.get("input_shape")
 
 
 def _optimizer_class(name: Any, path: PathLike) -> type:

@@ -250,6 +250,12 @@ class CrossEntropy(Loss):
         self._device_weights: dict = {}
 
     def prepare_target(self, target, backend, dtype, output_shape):
+        if len(output_shape) != 2:
+            raise ShapeError(
+                f"CrossEntropy scores (samples, classes), but the model's output has shape {tuple(output_shape)}; "
+                "end the model with a layer that gives one row of class scores per sample (e.g. insert "
+                "bp.Flatten() before the last Dense)"
+            )
         if _prepared(target, backend, dtype, output_shape):  # rows of probabilities already in place
             self.check_values(target, backend)
             return target

@@ -102,8 +102,8 @@ class Sequential(Layer):
 
         Called as ``model.build(input_shape)`` the model draws from its own seed on its own backend; an outer
         model passes its backend, dtype and generator (the layer protocol)."""
-        outermost = backend is None
-        if outermost:
+        outermost = backend is None or rng is None
+        if backend is None or rng is None:
             backend, dtype, rng = self.backend, self._dtype, np.random.default_rng(self.seed)
         self._built_shape = None
         declared = self._declared_shape

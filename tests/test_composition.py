@@ -257,3 +257,23 @@ def test_unpickling_where_the_device_is_missing_raises_device_error(monkeypatch)
     monkeypatch.setitem(backends._FACTORIES, "array_api_strict", missing)
     with pytest.raises(bp.errors.DeviceError, match="array_api_strict:device1.*no such device"):
         pickle.loads(data)
+
+
+def test_a_tampered_format_2_architecture_is_refused_naming_the_problem(tmp_path):
+    from tests.test_checkpoint import rewrite_header
+
+    path = bp.save(stateful_model(), tmp_path / "nested.bpk")
+
+    def unknown_inner(document):
+        document["model"]["architecture"]["config"]["layers"][1]["config"]["inner"]["type"] = "Mystery"
+
+    rewrite_header(path, unknown_inner)
+    with pytest.raises(bp.errors.CheckpointError, match="Residual's inner layer has unknown type 'Mystery'"):
+        bp.load(path)
+    path = bp.save(bp.Sequential(bp.Flatten(), bp.Dense(6, 2), input_shape=(2, 3)), tmp_path / "flat.bpk")
+    rewrite_header(path, lambda document: document["model"]["architecture"]["config"].update(input_shape=[3, 2]))
+    with pytest.raises(bp.errors.CheckpointError, match=r"saved for per-sample inputs of shape \[2, 3\]"):
+        bp.load(path)
+    rewrite_header(path, lambda document: document["model"]["architecture"]["config"].update(extra=1))
+    with pytest.raises(bp.errors.CheckpointError, match="not a Sequential node"):
+        bp.load(path)

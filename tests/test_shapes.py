@@ -146,3 +146,9 @@ def test_reshape_backward_restores_the_input_shape():
     np.testing.assert_array_equal(y, x.reshape(2, 3, 4))
     np.testing.assert_array_equal(backward(y * 2), x * 2)
     assert backward(y, False) is None and bp.Reshape.from_config(layer.config()).shape == (3, -1)
+
+
+def test_cross_entropy_refuses_outputs_that_are_not_rows_of_class_scores():
+    model = bp.Sequential(bp.Dense(4, 6), bp.Reshape((2, 3)), dtype="float64", seed=0)
+    with pytest.raises(ShapeError, match=r"CrossEntropy scores \(samples, classes\).*\(5, 2, 3\).*bp.Flatten\(\)"):
+        bp.value_and_grad(model, bp.losses.CrossEntropy(), RNG.normal(size=(5, 4)), np.zeros(5, dtype=int))

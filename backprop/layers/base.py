@@ -97,8 +97,8 @@ class Layer:
     def __init__(self) -> None:
         self.params: dict[str, Parameter] = {}
         self.buffers: dict[str, Any] = {}
-        self.backend = None
-        self.dtype = None
+        self.backend: Any = None  # set by build (a backprop.backends.Backend)
+        self.dtype: Any = None
 
     @property
     def input_shape(self) -> Shape | None:
@@ -244,11 +244,11 @@ def shape_mismatch(who: str, expected: Shape, got: Shape, source: str) -> ShapeE
 def as_shape(shape: Any, what: str, inferred_ok: bool = False) -> Shape:
     """``shape`` as a tuple of positive ints (one -1 allowed with ``inferred_ok``), else `ConfigurationError`
     naming ``what``."""
-    entries = list(shape) if isinstance(shape, (tuple, list)) else None
-    valid = entries is not None and len(entries) > 0 and all(
+    entries = list(shape) if isinstance(shape, (tuple, list)) else []
+    valid = len(entries) > 0 and all(
         isinstance(n, (int, np.integer)) and not isinstance(n, bool) and (n > 0 or (inferred_ok and n == -1))
         for n in entries)
-    if not valid or (inferred_ok and entries.count(-1) > 1):
+    if not valid or entries.count(-1) > 1:
         allowed = "positive sizes with at most one -1 (inferred)" if inferred_ok else "positive sizes"
         raise ConfigurationError(f"{what} must be a per-sample shape of {allowed}, such as (1, 8, 8), got {shape!r}")
     return tuple(int(n) for n in entries)
