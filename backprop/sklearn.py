@@ -46,7 +46,7 @@ try:
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "backprop.sklearn needs scikit-learn >= 1.6: pip install 'backprop-arrays[sklearn]'"
+        "backprop.sklearn needs scikit-learn >= 1.7: pip install 'backprop-arrays[sklearn]'"
     ) from error
 
 from backprop.callbacks import EarlyStopping

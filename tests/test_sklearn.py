@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn", minversion="1.6", reason="backprop.sklearn needs scikit-learn >= 1.6 (the sklearn extra)")
+pytest.importorskip("sklearn", minversion="1.7", reason="backprop.sklearn needs scikit-learn >= 1.7 (the sklearn extra)")
 
 from sklearn.datasets import load_digits, load_iris  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
