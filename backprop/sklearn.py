@@ -27,8 +27,9 @@ split. ``device`` and ``dtype`` are the model's (``dtype="float64"`` by default,
 
 Fitted attributes: ``model_`` (the `backprop.Sequential`), ``loss_curve_`` (the training loss per epoch, penalty
 included), ``validation_loss_curve_`` (with ``early_stopping``), ``n_iter_`` (epochs run), ``t_`` (optimiser
-steps), ``n_features_in_``, ``classes_`` (classifier), ``n_outputs_``. A fitted estimator pickles: the model and
-the optimiser's state travel as host NumPy arrays and are rebuilt on ``device`` when unpickled.
+steps), ``n_features_in_``, ``classes_`` (classifier), ``n_outputs_``. A fitted estimator pickles as its model and
+optimiser do (host copies, rebuilt on the model's device when unpickled), so ``partial_fit`` continues after a round
+trip exactly as it would have without one.
 """
 
 from __future__ import annotations
@@ -213,41 +214,6 @@ class _BackpropEstimator(BaseEstimator):
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         return self.model_.predict(X)
-
-    # -- pickling: host copies only -------------------------------------------------------------------------
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        model = state.pop("model_", None)
-        optimizer = state.pop("_optimizer", None)
-        if model is not None:
-            state["_host_model"] = {
-                "config": model.config(),
-                "weights": model.state_dict(),
-                "random_states": model.named_random_states(),
-                "optimizer": optimizer.state_dict(),
-                "slots": {name: {key: np.array(model.backend.to_numpy(value), copy=True)
-                                 for key, value in parameter.state.items()}
-                          for name, parameter in model.named_parameters()},
-            }
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        host = state.pop("_host_model", None)
-        self.__dict__.update(state)
-        if host is None:
-            return
-        model = Sequential.from_config(host["config"])
-        self.model_ = Sequential(*model.layers, input_shape=model.input_shape, device=self.device, dtype=self.dtype)
-        self.model_.load_state_dict({name: np.array(value, copy=True) for name, value in host["weights"].items()})
-        layers = dict(self.model_.named_layers())
-        for path, random_state in host["random_states"].items():
-            layers[path].set_random_state(random_state)
-        self._optimizer = self._make_optimizer()
-        self._optimizer.load_state_dict(host["optimizer"])
-        backend, dtype = self.model_.backend, self.model_._dtype
-        for name, parameter in self.model_.named_parameters():
-            parameter.state = {key: backend.to_device(np.array(value, copy=True), dtype)
-                               for key, value in host["slots"][name].items()}
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
