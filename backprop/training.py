@@ -367,7 +367,7 @@ def fit(
         if hasattr(callback, "communicator"):
             callback.communicator = communicator
 
-    backend, xp = model.backend, model.backend.xp
+    backend = model.backend
     bounds = _bounds(samples, batch_size) if source is None else []
     sizes = _sizes(bounds)
     validation_bounds = _bounds(validation[0].shape[0], batch_size or validation[0].shape[0]) \
