@@ -187,3 +187,18 @@ def test_early_stopping_says_when_it_stopped_and_which_epoch_it_restored(capsys)
 
 def test_model_checkpoint_is_also_a_callback_name():
     assert bp.callbacks.ModelCheckpoint is bp.ModelCheckpoint
+
+
+def test_augmented_image_stream_trains_reproducibly():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1, 8, 8)).astype(np.float32)
+    y = (x[:, 0, :, :4].mean(axis=(1, 2)) > x[:, 0, :, 4:].mean(axis=(1, 2))).astype(np.int64)
+    augment = bp.augment.Compose(bp.augment.RandomShift(1), bp.augment.HorizontalFlip(0.5),
+                                 bp.augment.GaussianNoise(0.05))
+    losses = []
+    for transform in (augment, augment, None):
+        model = bp.Sequential(bp.Flatten(), bp.Dense(64, 2), input_shape=(1, 8, 8), seed=0)
+        loader = bp.data.BatchLoader(x, y, batch_size=10, seed=3, transform=transform)
+        losses.append(model.fit(loader, None, bp.losses.CrossEntropy(), bp.optim.SGD(model.parameters(), lr=0.1),
+                                epochs=3, verbose=0).history["loss"])
+    assert losses[0] == losses[1] and losses[0] != losses[2]
