@@ -1,24 +1,38 @@
-"""The `Backend` value: one array library on one device, and the only door between host and device.
+"""`Backend`: one array library on one device, and the only door between host and device.
 
-A backend bundles what the core needs to run the same math anywhere:
+The base class is the array-API reference for everything the core asks of a backend:
 
 * ``xp``: the array-API namespace (from array-api-compat) whose functions the core calls;
 * ``device``: the library's native device object, given to ``asarray`` on every transfer;
 * ``to_device`` / ``to_numpy``: host-to-device and device-to-host copies;
 * ``owns(array)``: whether an array already lives on this backend, so data can be used without a copy;
-* ``activate()``: the context the work runs in (CuPy needs its current device set; others need nothing);
-* ``synchronize()``: waits for queued device work (for timing);
-* ``matmul`` and ``subtract_scaled``: the two hot operations of a training step whose array-API form allocates a
-  parameter-sized array; a backend may supply a faster form (``matmul_out``, ``subtract_scaled_in_place``) that
-  writes into an existing array. The array-API expression stays the reference, and the tests compare the two.
+* ``activate()``: the context the work runs in (CuPy needs its current device set; the reference needs nothing);
+* ``synchronize()``: waits for queued device work (for timing; the reference has none to wait for);
+* ``copy(array)``: a new array with the same values, which nothing else holds;
+* ``matmul(left, right, out=None)`` and ``subtract_scaled(target, scale, update)``: the two hot operations of a
+  training step whose array-API form allocates a parameter-sized array.
+
+One subclass per array library, in that library's module (``numpy_backend.py``, ``torch_backend.py``, ...),
+overrides only what the library does faster or differently. **A fast path is a method override**: the base
+method is the array-API expression (the reference), the subclass's override computes the same numbers another
+way (``NumpyBackend.matmul`` writes into ``out`` with ``numpy.matmul(..., out=)``), and a test compares the two
+(``tests/test_benchmarks_smoke.py`` runs training on each backend and on its reference). A new operation that a
+library can do faster becomes a new method here, whose body is the reference, and an override there.
+
+Each module declares the specifier prefixes it serves and the specifiers it offers as examples (``PREFIXES``,
+``EXAMPLES``, ``GPU_EXAMPLES`` for those needing a GPU); the registry in ``backends/__init__.py`` reads them, so
+the unknown-device message, ``available()`` and the tests' backend list come from one place.
+
+Arrays may be immutable (JAX): the reference forms never write into an array; ``subtract_scaled`` returns its
+result, and callers use what it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager
+from typing import Any, ContextManager
 
+import array_api_compat
 import numpy as np
 
 from backprop.errors import DeviceError, DTypeError
@@ -27,42 +41,42 @@ _FLOAT_DTYPES = ("float32", "float64")
 _NO_CONTEXT = contextlib.nullcontext()  # reusable and reentrant: one object for every backend without a context
 
 
-@dataclass(frozen=True, eq=False)
 class Backend:
-    """One array library on one device.
+    """One array library on one device: ``Backend(spec, xp, device, device_name="")``.
 
-    ``spec`` is the canonical specifier (``"cpu"``, ``"cuda:0"``, ``"array_api_strict:device1"``, ...);
-    ``is_native`` tells whether an object is an array of this library on this device; ``context`` makes the
-    device current (``None`` where the library needs nothing); ``sync`` waits for queued work.
+    ``spec`` is the canonical specifier (``"cpu"``, ``"cuda:0"``, ``"array_api_strict:device1"``, ...). The base
+    class works for any array-API namespace as it is; subclasses override what their library does faster.
+    Backends compare and hash by ``spec`` and pickle by it (``backends.get_backend(spec)`` rebuilds them).
     """
 
-    spec: str
-    xp: Any
-    device: Any
-    is_native: Callable[[Any], bool]
-    device_name: str = ""
-    context: Callable[[], ContextManager] | None = None
-    sync: Callable[[], None] | None = None
-    library: str = ""
-    matmul_out: Callable[[Any, Any, Any], Any] | None = None
-    subtract_scaled_in_place: Callable[[Any, float, Any], None] | None = None
-    _dtypes: dict = field(default_factory=dict, repr=False)
+    library: str = "array-api"  # the array library's name, for messages and reports
+    writes_matmul_into_out: bool = False  # whether ``matmul(out=...)`` writes into ``out``
 
-    def __post_init__(self) -> None:
-        info = self.xp.__array_namespace_info__()
-        supported = info.dtypes(device=self.device, kind="real floating")
-        for name in _FLOAT_DTYPES:
-            if name in supported:
-                self._dtypes[name] = supported[name]
+    def __init__(self, spec: str, xp: Any, device: Any, device_name: str = "") -> None:
+        self.spec = spec
+        self.xp = xp
+        self.device = device
+        self.device_name = device_name or spec
+        info = xp.__array_namespace_info__()
+        supported = info.dtypes(device=device, kind="real floating")
+        self._dtypes = {name: supported[name] for name in _FLOAT_DTYPES if name in supported}
 
     def __repr__(self) -> str:
-        return f"Backend({self.spec!r})"
+        return f"{type(self).__name__}({self.spec!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Backend) and other.spec == self.spec
 
     def __hash__(self) -> int:
         return hash(self.spec)
+
+    def __reduce__(self) -> tuple:
+        """Pickle and deep-copy by specifier: unpickling calls ``get_backend(spec)``, which gives this process's
+        backend for the same library and device (a CuPy backend the same GPU index), or raises `DeviceError`
+        where there is none."""
+        from backprop.backends import get_backend
+
+        return (get_backend, (self.spec,))
 
     # -- dtypes ---------------------------------------------------------------------------------------------
     def dtype(self, name: str) -> Any:
@@ -85,73 +99,60 @@ class Backend:
             return self.xp.asarray(host, dtype=dtype, device=self.device, copy=True)
 
     def to_numpy(self, array: Any) -> np.ndarray:
-        """Copy an array of this backend to a host NumPy array."""
-        return to_numpy(array)
+        """A host NumPy copy of an array of this backend."""
+        return self.host(array)
+
+    @classmethod
+    def host(cls, array: Any) -> np.ndarray:
+        """A host NumPy copy of an array of this class's library (the reference reads it through DLPack)."""
+        return host_copy(array)
 
     def owns(self, array: Any) -> bool:
-        return self.is_native(array)
+        """Whether ``array`` is an array of this namespace on this device (usable without a copy)."""
+        try:
+            namespace = array_api_compat.array_namespace(array)
+        except TypeError:
+            return False
+        return namespace is self.xp and array_api_compat.device(array) == self.device
+
+    @classmethod
+    def claims(cls, array: Any) -> bool:
+        """Whether ``array`` belongs to this class's library: `backends.to_numpy` asks each registered class and
+        reads the array with the ``host`` of the one that claims it."""
+        return False
 
     def activate(self) -> ContextManager:
         """Context in which kernels for this device must run."""
-        return self.context() if self.context is not None else _NO_CONTEXT
+        return _NO_CONTEXT
 
-    # -- hot operations with optional fast paths ------------------------------------------------------------
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (the reference computes eagerly: nothing to wait for)."""
+
+    # -- array operations with fast paths in subclasses -------------------------------------------------------
+    def copy(self, array: Any) -> Any:
+        """A new array equal to ``array`` that nothing else holds (works on immutable arrays)."""
+        return self.xp.asarray(array, copy=True)
+
     def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
-        """left @ right, written into ``out`` (an array of the result's shape and dtype that nothing else
-        holds) where this backend can; otherwise a new array. Returns the result."""
-        if out is not None and self.matmul_out is not None:
-            return self.matmul_out(left, right, out)
+        """left @ right. Subclasses with ``writes_matmul_into_out`` write it into ``out`` (an array of the
+        result's shape and dtype that nothing else holds); the reference returns a new array."""
         return left @ right
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
-        """target - scale * update, written into ``target`` on backends whose arrays are mutable; returns it.
-
-        The reference ``target -= scale * update`` allocates a temporary the size of ``update``; a backend's
-        ``subtract_scaled_in_place`` does the same arithmetic without it."""
-        if self.subtract_scaled_in_place is not None:
-            self.subtract_scaled_in_place(target, scale, update)
-            return target
-        target -= scale * update
-        return target
-
-    @property
-    def writes_matmul_into_out(self) -> bool:
-        """Whether ``matmul(left, right, out=...)`` writes into ``out`` (else it returns a new array)."""
-        return self.matmul_out is not None
-
-    def synchronize(self) -> None:
-        if self.sync is not None:
-            self.sync()
+        """target - scale * update; returns the result. The reference makes a new array (it works on immutable
+        arrays); subclasses with mutable arrays write it into ``target`` and return ``target``."""
+        return target - scale * update
 
 
-def to_numpy(array: Any) -> np.ndarray:
-    """Host NumPy copy (or view, for NumPy input) of any array-API array, list or scalar."""
-    if isinstance(array, np.ndarray):
-        return array
-    if hasattr(array, "__cuda_array_interface__") and hasattr(array, "get"):  # CuPy
-        return array.get()
-    module = type(array).__module__
-    if module.startswith("torch"):
-        return array.detach().cpu().numpy()
-    if module.startswith("array_api_strict"):
-        import array_api_strict
-
-        cpu = array_api_strict.Device("CPU_DEVICE")
-        if array.device != cpu:
-            array = array_api_strict.asarray(array, device=cpu, copy=True)  # explicit move to the host
-        return np.asarray(array)
-    if hasattr(array, "__dlpack__") and not isinstance(array, (list, tuple)):
-        return _from_dlpack(array)
-    return np.asarray(array)
-
-
-def _from_dlpack(array: Any) -> np.ndarray:
-    """A host copy of an array that offers DLPack (e.g. dpnp on an Intel GPU, or any library without a rule above).
+def host_copy(array: Any) -> np.ndarray:
+    """A host NumPy copy of any array through DLPack, or ``numpy.asarray`` for anything else (lists, scalars).
 
     DLPack 1.0 lets the consumer ask the producer for a copy on the CPU (``dl_device=(kDLCPU, 0)``, ``copy=True``;
     NumPy >= 2.1 passes them for ``numpy.from_dlpack(x, device="cpu", copy=True)``), which is what a device array
-    needs. A producer that predates those arguments (a TypeError) is read as it is, which works for host memory;
-    one that offers no usable export falls back to the buffer protocol."""
+    (e.g. dpnp on an Intel GPU) needs. A producer that predates those arguments (a TypeError) is read as it is,
+    which works for host memory; one that offers no usable export falls back to the buffer protocol."""
+    if isinstance(array, np.ndarray) or not hasattr(array, "__dlpack__"):
+        return np.asarray(array)
     try:
         return np.from_dlpack(array, device="cpu", copy=True)
     except TypeError:  # NumPy < 2.1, or a producer without dl_device/copy
@@ -160,11 +161,5 @@ def _from_dlpack(array: Any) -> np.ndarray:
         return np.asarray(array)
     try:
         return np.from_dlpack(array)
-    except (BufferError, TypeError, RuntimeError) as error:
-        host = np.asarray(array)
-        if host.dtype == object:  # no export worked: a 0-d box around the object, not its numbers
-            raise DeviceError(
-                f"cannot copy this {type(array).__name__} to the host: its DLPack export refused ({error}) and it "
-                f"offers no buffer. NumPy >= 2.1 asks DLPack producers for a host copy (this is NumPy "
-                f"{np.__version__}); or convert it with its own library first") from None
-        return host
+    except (BufferError, TypeError, RuntimeError):
+        return np.asarray(array)

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
+import numpy as np
+
 from .base import Backend
 from backprop.errors import BackendUnavailableError, DeviceError
+
+PREFIXES = ("cuda", "cupy")
+EXAMPLES: tuple[str, ...] = ()
+GPU_EXAMPLES = ("cuda",)
+FORMS = ("cuda:N",)
 
 
 def _import_cupy():
@@ -32,15 +40,46 @@ _FIX = (
 )
 
 
-def _matmul_out(left: Any, right: Any, out: Any) -> Any:
-    """left @ right written into ``out``: for 2-D operands and a C-contiguous ``out`` of the result's dtype,
-    ``cupy.matmul`` hands ``out`` to cuBLAS (``matmul`` in ``cupy/_core/_routines_linalg.pyx``, CuPy 14.2:
-    ``if out._c_contiguous and ret_dtype == out.dtype: return dot(a, b, out)``; otherwise it computes into a
-    temporary and copies), so a parameter's spare gradient array is reused and no parameter-sized array is
-    allocated per step."""
-    import cupy
+class CupyBackend(Backend):
+    """CuPy on GPU ``index``: kernels run inside ``cupy.cuda.Device(index)``, ``matmul`` writes into ``out``."""
 
-    return cupy.matmul(left, right, out=out)
+    library = "cupy"
+    writes_matmul_into_out = True
+
+    def __init__(self, spec: str, xp: Any, device: Any, device_name: str, cupy: Any, index: int) -> None:
+        super().__init__(spec, xp, device, device_name)
+        self._cupy, self._index = cupy, index
+
+    def owns(self, array: Any) -> bool:
+        return isinstance(array, self._cupy.ndarray) and array.device.id == self._index
+
+    @classmethod
+    def claims(cls, array: Any) -> bool:
+        return array_api_compat.is_cupy_array(array)
+
+    @classmethod
+    def host(cls, array: Any) -> np.ndarray:
+        return array.get()
+
+    def activate(self) -> Any:
+        """CuPy runs a kernel on the *current* device, whatever device its arrays are on
+        (``_check_peer_access`` in ``cupy/_core/_kernel.pyx``), so the work runs with GPU ``index`` current."""
+        return self._cupy.cuda.Device(self._index)
+
+    def synchronize(self) -> None:
+        self._cupy.cuda.Device(self._index).synchronize()
+
+    def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
+        """left @ right written into ``out``: for 2-D operands and a C-contiguous ``out`` of the result's dtype,
+        ``cupy.matmul`` hands ``out`` to cuBLAS (``matmul`` in ``cupy/_core/_routines_linalg.pyx``, CuPy 14.2:
+        ``if out._c_contiguous and ret_dtype == out.dtype: return dot(a, b, out)``; otherwise it computes into a
+        temporary and copies), so a parameter's spare gradient array is reused and no parameter-sized array is
+        allocated per step."""
+        return left @ right if out is None else self._cupy.matmul(left, right, out=out)
+
+    def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
+        target -= scale * update
+        return target
 
 
 def _parse_index(spec: str, argument: str | None) -> int:
@@ -95,14 +134,4 @@ def make(spec: str, argument: str | None) -> Backend:
     device = cupy.cuda.Device(index)
     props = cupy.cuda.runtime.getDeviceProperties(index)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    return Backend(
-        spec=f"cuda:{index}",
-        xp=xp,
-        device=device,
-        is_native=lambda a: isinstance(a, cupy.ndarray) and a.device.id == index,
-        device_name=f"{name} (cuda:{index}, CuPy {cupy.__version__})",
-        context=lambda: cupy.cuda.Device(index),
-        sync=lambda: cupy.cuda.Device(index).synchronize(),
-        library="cupy",
-        matmul_out=_matmul_out,
-    )
+    return CupyBackend(f"cuda:{index}", xp, device, f"{name} (cuda:{index}, CuPy {cupy.__version__})", cupy, index)

@@ -2,44 +2,57 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import array_api_compat.numpy as xp
+import numpy as np
 
 from .base import Backend
+from backprop.errors import DeviceError
 
+PREFIXES = ("cpu", "numpy")
+EXAMPLES = ("cpu",)
+GPU_EXAMPLES: tuple[str, ...] = ()
 
 _CHUNK = 1 << 18  # elements per pass of subtract_scaled: a 1-2 MB scratch, below the size that page-faults
 
 
-def _matmul_out(left: np.ndarray, right: np.ndarray, out: np.ndarray) -> np.ndarray:
-    return np.matmul(left, right, out=out)
+class NumpyBackend(Backend):
+    """NumPy's arrays are mutable and its ``matmul`` takes ``out=``: both hot operations write in place."""
 
+    library = "numpy"
+    writes_matmul_into_out = True
 
-def _subtract_scaled_in_place(target: np.ndarray, scale: float, update: np.ndarray) -> None:
-    """target -= scale * update, chunk by chunk through a small scratch instead of a full-size temporary."""
-    if target.size <= _CHUNK or target.shape != update.shape or not (target.flags.c_contiguous and update.flags.c_contiguous):
-        target -= scale * update
-        return
-    flat_target, flat_update = target.reshape(-1), update.reshape(-1)
-    scratch = np.empty(_CHUNK, dtype=np.result_type(update, scale))
-    for start in range(0, target.size, _CHUNK):
-        stop = min(start + _CHUNK, target.size)
-        scaled = np.multiply(flat_update[start:stop], scale, out=scratch[: stop - start])
-        np.subtract(flat_target[start:stop], scaled, out=flat_target[start:stop])
+    def owns(self, array: Any) -> bool:
+        return type(array) is np.ndarray
+
+    @classmethod
+    def claims(cls, array: Any) -> bool:
+        return isinstance(array, np.ndarray)
+
+    @classmethod
+    def host(cls, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
+        return left @ right if out is None else np.matmul(left, right, out=out)
+
+    def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
+        """target -= scale * update in place, chunk by chunk through a small scratch instead of a full-size
+        temporary (the same arithmetic, element by element, as the reference)."""
+        if target.size <= _CHUNK or target.shape != update.shape or not (target.flags.c_contiguous and update.flags.c_contiguous):
+            target -= scale * update
+            return target
+        flat_target, flat_update = target.reshape(-1), update.reshape(-1)
+        scratch = np.empty(_CHUNK, dtype=np.result_type(update, scale))
+        for start in range(0, target.size, _CHUNK):
+            stop = min(start + _CHUNK, target.size)
+            scaled = np.multiply(flat_update[start:stop], scale, out=scratch[: stop - start])
+            np.subtract(flat_target[start:stop], scaled, out=flat_target[start:stop])
+        return target
 
 
 def make(spec: str, argument: str | None) -> Backend:
     if argument not in (None, "", "cpu", "0"):
-        from backprop.errors import DeviceError
-
         raise DeviceError(f"NumPy has only the CPU; got {spec!r}. Use device='cpu'.")
-    return Backend(
-        spec="cpu",
-        xp=xp,
-        device="cpu",
-        is_native=lambda a: type(a) is np.ndarray,
-        device_name="host CPU (NumPy)",
-        library="numpy",
-        matmul_out=_matmul_out,
-        subtract_scaled_in_place=_subtract_scaled_in_place,
-    )
+    return NumpyBackend("cpu", xp, "cpu", "host CPU (NumPy)")

@@ -1,7 +1,8 @@
 """Test fixtures: every test that takes ``backend`` runs once per array library and device available here.
 
-numpy and array_api_strict (default device and the fake ``device1``) always; torch on the CPU when PyTorch is
-installed; CuPy (marker ``cuda``) only with a GPU, otherwise skipped with the reason.
+The list comes from the backend registry (each backend module's ``EXAMPLES`` and ``GPU_EXAMPLES``): numpy and
+array_api_strict (default device and the fake ``device1``) always; torch on the CPU when PyTorch is installed;
+the GPU ones (marker ``cuda``) only with a GPU, otherwise skipped with the reason.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import pytest
 
 import backprop as bp
 
-CPU_SPECS = ["cpu", "array_api_strict", "array_api_strict:device1", "torch:cpu"]
-GPU_SPECS = ["cuda", "torch:cuda"]
+CPU_SPECS = bp.backends.known_specifiers(gpu=False)  # from the registry: each backend module's EXAMPLES
+GPU_SPECS = bp.backends.known_specifiers(gpu=True)
 
 
 def _reason_unavailable(spec: str) -> str | None:

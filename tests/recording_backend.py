@@ -291,7 +291,17 @@ xp = RecordingNamespace()
 
 
 class RecordingBackend(Backend):
-    """The backend of one recording device: its ``activate()`` makes the device current."""
+    """The backend of one recording device: its ``activate()`` makes the device current, and ``matmul(out=)``
+    writes into ``out`` as CuPy's backend does."""
+
+    library = "recording"
+    writes_matmul_into_out = True
+
+    def owns(self, array: Any) -> bool:
+        return isinstance(array, RecordingArray) and array._device == self.device.index
+
+    def activate(self) -> Any:
+        return RECORDER.on_device(self.device.index)
 
     def to_device(self, host: np.ndarray, dtype: Any = None) -> Any:
         RECORDER.copy("to_device")
@@ -302,42 +312,37 @@ class RecordingBackend(Backend):
         RECORDER.read("to_numpy")
         return np.array(array._data, copy=True)
 
+    def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
+        if out is None:
+            return left @ right
+        RECORDER.op("matmul(out=)", [left._device, right._device, out._device])
+        np.matmul(left._data, right._data, out=out._data)
+        return out
 
-def _matmul_out(left: RecordingArray, right: RecordingArray, out: RecordingArray) -> RecordingArray:
-    """``matmul(out=)``, as CuPy's backend has it (written into ``out``, no new array)."""
-    RECORDER.op("matmul(out=)", [left._device, right._device, out._device])
-    np.matmul(left._data, right._data, out=out._data)
-    return out
+    def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
+        target -= scale * update
+        return target
 
 
 def make(spec: str, argument: str | None) -> Backend:
     """Factory for ``bp.backends.register_backend("recording", make)``: ``"recording:0"``, ``"recording:1"``."""
     index = int(argument or 0)
-    return RecordingBackend(
-        spec=f"recording:{index}",
-        xp=xp,
-        device=RecordingDevice(index),
-        is_native=lambda a: isinstance(a, RecordingArray) and a._device == index,
-        device_name=f"recording device {index}",
-        context=lambda: RECORDER.on_device(index),
-        library="recording",
-        matmul_out=_matmul_out,
-    )
+    return RecordingBackend(f"recording:{index}", xp, RecordingDevice(index), f"recording device {index}")
 
 
 @contextlib.contextmanager
 def registered() -> Iterator[None]:
     """Within the block, ``device="recording:N"`` builds a recording backend (the cache is restored after)."""
     backends = bp.backends
-    factories, cache = dict(backends._FACTORIES), dict(backends._CACHE)
+    factories, cache = dict(backends.registry._FACTORIES), dict(backends.registry._CACHE)
     backends.register_backend("recording", make)
     try:
         yield
     finally:
-        backends._FACTORIES.clear()
-        backends._FACTORIES.update(factories)
-        backends._CACHE.clear()
-        backends._CACHE.update(cache)
+        backends.registry._FACTORIES.clear()
+        backends.registry._FACTORIES.update(factories)
+        backends.registry._CACHE.clear()
+        backends.registry._CACHE.update(cache)
 
 
 # -- cutting a record into steps ------------------------------------------------------------------------------

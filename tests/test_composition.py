@@ -253,8 +253,8 @@ def test_unpickling_where_the_device_is_missing_raises_device_error(monkeypatch)
     def missing(spec, argument):
         raise bp.errors.BackendUnavailableError(f"{spec!r}: no such device here")
 
-    monkeypatch.setattr(backends, "_CACHE", {})
-    monkeypatch.setitem(backends._FACTORIES, "array_api_strict", missing)
+    monkeypatch.setattr(backends.registry, "_CACHE", {})
+    monkeypatch.setitem(backends.registry._FACTORIES, "array_api_strict", missing)
     with pytest.raises(bp.errors.DeviceError, match="array_api_strict:device1.*no such device"):
         pickle.loads(data)
 

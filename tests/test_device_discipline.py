@@ -258,13 +258,13 @@ def test_torch_cuda_copies_stage_host_data_in_pinned_memory(torch, monkeypatch):
     is told to ignore ``pin_memory`` and record that it was asked."""
     import array_api_compat.torch as torch_xp
 
-    from backprop.backends.torch_backend import _TorchCudaBackend
+    from backprop.backends.torch_backend import TorchCudaBackend
 
     asked, empty = [], torch.empty
     monkeypatch.setattr(torch, "empty", lambda *args, pin_memory=False, **kwargs: asked.append(pin_memory)
                         or empty(*args, **kwargs))
     cpu = torch.device("cpu")
-    backend = _TorchCudaBackend(spec="torch:cpu", xp=torch_xp, device=cpu, is_native=lambda a: True, library="torch")
+    backend = TorchCudaBackend("torch:cpu", torch_xp, cpu)
     host = np.arange(12.0).reshape(3, 4)[:, ::2]  # strided, float64
     moved = backend.to_device(host, torch.float32)
     assert asked.count(True) == 1 and moved.dtype == torch.float32 and moved.device == cpu

@@ -104,14 +104,14 @@ def test_cuda_without_cupy_names_the_extra(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_cupy)
-    monkeypatch.setattr(bp.backends, "_CACHE", {})
+    monkeypatch.setattr(bp.backends.registry, "_CACHE", {})
     with pytest.raises(BackendUnavailableError, match=r"cuda12"):
         bp.get_backend("cuda")
 
 
 def test_a_user_backend_can_be_registered(monkeypatch):
-    monkeypatch.setattr(bp.backends, "_FACTORIES", dict(bp.backends._FACTORIES))
-    monkeypatch.setattr(bp.backends, "_CACHE", {})
+    monkeypatch.setattr(bp.backends.registry, "_FACTORIES", dict(bp.backends.registry._FACTORIES))
+    monkeypatch.setattr(bp.backends.registry, "_CACHE", {})
     numpy_backend = bp.get_backend("cpu")
     bp.backends.register_backend("mine", lambda spec, argument: numpy_backend)
     model = small("mine")

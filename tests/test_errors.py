@@ -297,7 +297,7 @@ def test_device_arrays_where_host_data_is_expected(give):
 def _fake_cupy(monkeypatch, get_device_count) -> None:
     """Install a stand-in ``cupy`` whose ``cuda.runtime.getDeviceCount`` is ``get_device_count``, with an empty
     backend cache (where a GPU exists, the conftest has already cached the real ``"cuda"`` backend)."""
-    monkeypatch.setattr(bp.backends, "_CACHE", {})
+    monkeypatch.setattr(bp.backends.registry, "_CACHE", {})
     fake = types.ModuleType("cupy")
     fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
     monkeypatch.setitem(sys.modules, "cupy", fake)
@@ -306,7 +306,7 @@ def _fake_cupy(monkeypatch, get_device_count) -> None:
 
 def test_cuda_without_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` fail even where CuPy is installed
-    monkeypatch.setattr(bp.backends, "_CACHE", {})  # and the conftest's cached "cuda" backend is not used
+    monkeypatch.setattr(bp.backends.registry, "_CACHE", {})  # and the conftest's cached "cuda" backend is not used
     with pytest.raises(BackendUnavailableError) as excinfo:
         bp.get_backend("cuda")
     check_error(excinfo, DeviceError, ImportError, "needs CuPy", "backprop-arrays[cuda12]")
