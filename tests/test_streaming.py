@@ -90,6 +90,7 @@ def test_every_batch_is_checked_as_arrays_are():
         np.testing.assert_array_equal(value, before[name])
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_streaming_divergence_restores_the_epoch_and_names_the_batch():
     x, y = classification()
     model = bp.Sequential(bp.Dense(4, 3), seed=0)
