@@ -113,10 +113,13 @@ class History:
         figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
         epochs = [epoch + 1 for epoch in self.epoch]
         for ax, name in zip(axes[0], names):
-            ax.plot(epochs, self.history[name], label=f"training {name}" if name != "lr" else name)
+            if name == "lr":  # constant within an epoch: drawn as steps
+                ax.plot(epochs, self.history[name], drawstyle="steps-post", label="learning rate")
+            else:
+                ax.plot(epochs, self.history[name], label=f"training {name}")
             if f"val_{name}" in self.history:
                 ax.plot(epochs, self.history[f"val_{name}"], label=f"validation {name}")
-            ax.set(xlabel="epoch", ylabel=name, title=name)
+            ax.set(xlabel="epoch", ylabel="learning rate" if name == "lr" else name, title=name)
             if name == "loss" and min(self.history[name]) > 0:
                 ax.set_yscale("log")
             ax.legend()
