@@ -108,3 +108,7 @@ def test_batch_loader_refuses_mismatched_data():
         bp.data.BatchLoader(np.zeros((5, 2)), np.zeros(4), 2)
     with pytest.raises(bp.errors.ConfigurationError, match="batch_size"):
         bp.data.BatchLoader(np.zeros((5, 2)), np.zeros(5), 0)
+
+
+def test_the_transforms_are_reachable_as_bp_data_augment():
+    assert bp.data.augment is bp.augment and bp.data.augment.RandomShift is augment.RandomShift
