@@ -44,7 +44,7 @@ source too; ``evaluate`` and ``predict`` take sources (``predict`` then returns 
 When a learning-rate schedule is among the callbacks, the logs carry ``"lr"``, the rate of the epoch's steps.
 
 The loop's hooks: what differs between one process and a data-parallel MPI job is held by one object with five
-methods, `_OneProcess` here and `backprop.data_parallel.DataParallel` for ``fit(..., communicator=comm)`` with
+methods, `LoopHooks` here (subclass it and pass ``fit(..., hooks=...)`` to replace one) and `backprop.data_parallel.DataParallel` for ``fit(..., communicator=comm)`` with
 more than one rank: ``collectively(function, *args)`` (the argument and data checks, decided together),
 ``step(loss, x, y, optimizer, penalty)`` (one batch's training step, returning its loss as a 0-d device array),
 ``evaluate(inputs, targets, loss, metrics, bounds)`` (per-batch losses and metrics in inference mode),
@@ -55,6 +55,7 @@ more than one rank: ``collectively(function, *args)`` (the argument and data che
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any, Iterable, Sequence
@@ -185,23 +186,62 @@ def _copy(backend: Any, source: Any, previous: Any) -> Any:
 
 
 class _Progress:
-    """verbose=1: a tqdm bar over epochs showing the logs (one printed line per epoch without tqdm);
-    verbose=2: one printed line per epoch; verbose=0: silent."""
+    """verbose=1: a tqdm bar (one printed line per epoch without tqdm); verbose=2: one printed line per epoch;
+    verbose=0: silent.
 
-    def __init__(self, epochs: int, verbose: int, initial_epoch: int = 0) -> None:
+    With more than one batch per epoch, the bar counts the epoch's batches and shows the running loss (the
+    size-weighted mean of the epoch's batch losses so far); with one batch it counts epochs. The running loss is
+    read from the device at most every ``refresh`` seconds (one stacked read of the losses not yet read), so a
+    step costs no host read of its own and the device never waits per batch."""
+
+    refresh = 0.5
+
+    def __init__(self, epochs: int, verbose: int, initial_epoch: int = 0, batches: int = 1) -> None:
         self.epochs, self.bar, self.lines = epochs, None, verbose == 2
+        self.per_batch = batches > 1
+        self.tqdm: Any = None
         if verbose == 1:
             try:
                 from tqdm.auto import tqdm
             except ImportError:
                 self.lines = True
             else:
-                self.bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="fit")
+                self.tqdm = tqdm
+                if not self.per_batch:
+                    self.bar = tqdm(total=epochs, initial=initial_epoch, unit="epoch", desc="fit")
+        self.batches = batches
+
+    def begin_epoch(self, epoch: int) -> None:
+        if self.tqdm is not None and self.per_batch:
+            self.bar = self.tqdm(total=self.batches, unit="batch", desc=f"epoch {epoch + 1}/{self.epochs}",
+                                 leave=True)
+            self.read, self.total, self.rows, self.last = 0, 0.0, 0, time.monotonic()
+
+    def batch(self, backend: Any, losses: list, sizes: list[int]) -> None:
+        """One step done: advance the bar; past ``refresh`` seconds, read the unread losses and show the mean."""
+        if self.bar is None or not self.per_batch:
+            return
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self.last < self.refresh:
+            return
+        self.last = now
+        with backend.activate():
+            fresh = backend.to_numpy(backend.xp.stack(losses[self.read:])).astype(np.float64)
+        weights = np.asarray(sizes[self.read:len(losses)], dtype=np.float64)
+        self.total += float(np.dot(fresh, weights))
+        self.rows += int(weights.sum())
+        self.read = len(losses)
+        self.bar.set_postfix(loss=f"{self.total / self.rows:.4g}", refresh=True)
 
     def update(self, epoch: int, logs: dict[str, float]) -> None:
         if self.bar is not None:
             self.bar.set_postfix({name: f"{value:.4g}" for name, value in logs.items()}, refresh=False)
-            self.bar.update(1)
+            if self.per_batch:
+                self.bar.close()
+                self.bar = None
+            else:
+                self.bar.update(1)
         elif self.lines:
             print(f"epoch {epoch + 1}/{self.epochs}: " + ", ".join(f"{k} {v:.6g}" for k, v in logs.items()))
 
@@ -310,6 +350,7 @@ def fit(
     communicator: "Communicator | None" = None,
     validation_split: float = 0.0,
     steps_per_epoch: int | None = None,
+    hooks: Any = None,
 ) -> History:
     """Train ``model`` on (x, y) for ``epochs`` passes; return the `History`.
 
@@ -331,10 +372,20 @@ def fit(
     ``communicator`` (`backprop.distributed.init()`): train together with the other ranks of an MPI job, each on
     its rows of every batch, with the single-process result (``batch_size`` is the global batch; every rank gets
     the same History; only rank 0 prints and, through ModelCheckpoint, writes); see `backprop.data_parallel`.
+    ``hooks``: a `LoopHooks` subclass instance built for this model, whose methods replace the loop's step,
+    evaluation, reduction or epoch end (see the module doc); not together with a communicator of several ranks.
     """
+    if hooks is not None:
+        instance(hooks, LoopHooks, "hooks", "an instance of a backprop.training.LoopHooks subclass")
+        if hooks.model is not model:
+            raise ConfigurationError("fit(hooks=...) holds another model: build the hooks for this one, "
+                                     "e.g. hooks=MyHooks(model)")
     if communicator is not None:
         instance(communicator, Communicator, "communicator", "the communicator bp.distributed.init() returns")
     together = communicator is not None and communicator.size > 1
+    if together and hooks is not None:
+        raise ConfigurationError("fit(hooks=...) and a communicator of several ranks both replace the loop's "
+                                 "hooks: subclass backprop.data_parallel.DataParallel instead, or drop one")
 
     def checked() -> tuple:
         source = _Source.of(x, y, steps_per_epoch, "training data")
@@ -357,15 +408,15 @@ def fit(
     if together:
         from backprop.data_parallel import DataParallel
 
-        hooks: Any = communicator.collectively(DataParallel, communicator, model, _OneProcess(model))
+        hooks = communicator.collectively(DataParallel, communicator, model, LoopHooks(model))
         rng = np.random.default_rng(hooks.agree(optimizer, {
             "seed": seed, "epochs": epochs, "initial_epoch": initial_epoch, "batch_size": batch_size,
             "shuffle": shuffle, "samples": samples, "metrics": list(named_metrics), "loss": repr(loss),
             "validation samples": None if validation is None else validation[0].shape[0],
             "optimizer": repr(optimizer), "penalty": repr(penalty)}))
         verbose = verbose if communicator.is_root else 0
-    else:
-        hooks = _OneProcess(model)
+    elif hooks is None:
+        hooks = LoopHooks(model)
     for callback in callbacks:
         if hasattr(callback, "communicator"):
             callback.communicator = communicator
@@ -384,7 +435,7 @@ def fit(
     batch_begin = _batch_hooks(callbacks, "on_train_batch_begin")
     batch_end = _batch_hooks(callbacks, "on_train_batch_end")
     step = 0
-    progress = _Progress(epochs, verbose, initial_epoch)
+    progress = _Progress(epochs, verbose, initial_epoch, len(bounds) if source is None else 2)
     snapshot = _Snapshot(model, optimizer)
     shuffling = shuffle and len(bounds) > 1
     for _ in range(initial_epoch if shuffling else 0):  # the orders the resumed epochs' predecessors saw
@@ -394,12 +445,14 @@ def fit(
             for callback in callbacks:
                 callback.on_epoch_begin(epoch)
             snapshot.take()
+            progress.begin_epoch(epoch)
             lr = optimizer.lr  # the rate of this epoch's steps: a schedule changes it at the epoch's end
             if source is None:
                 batches = _slices(backend, inputs, targets, bounds, rng.permutation(samples) if shuffling else None)
             else:
                 batches = source.prepared(model, loss, "training")
             batch_losses, batch_metrics, batch_sizes = [], {}, []
+            bounds_sizes = [stop - start for start, stop in bounds]
             try:
                 for batch_inputs, batch_targets in batches:
                     for hook in batch_begin:
@@ -413,6 +466,7 @@ def fit(
                         for name, values in _evaluate(model, batch_inputs, batch_targets, None, named_metrics,
                                                       [(0, batch_inputs.shape[0])]).items():
                             batch_metrics.setdefault(name, []).extend(values)
+                    progress.batch(backend, batch_losses, batch_sizes if source is not None else bounds_sizes)
             except BackpropError:  # a source's batch refused mid-epoch: the epoch's steps are undone
                 snapshot.restore()
                 raise
@@ -451,8 +505,10 @@ def fit(
     return history
 
 
-class _OneProcess:
-    """The loop's hooks in one process (see the module doc); `backprop.data_parallel.DataParallel` is the other."""
+class LoopHooks:
+    """The loop's hooks in one process (see the module doc): subclass it and pass ``fit(..., hooks=MyHooks(model))``
+    to replace a step (gradient accumulation, a compiled step) or the reduction of an epoch's logs.
+    `backprop.data_parallel.DataParallel` is the other implementation (``fit(..., communicator=comm)``)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
