@@ -161,5 +161,11 @@ def host_copy(array: Any) -> np.ndarray:
         return np.asarray(array)
     try:
         return np.from_dlpack(array)
-    except (BufferError, TypeError, RuntimeError):
-        return np.asarray(array)
+    except (BufferError, TypeError, RuntimeError) as error:
+        host = np.asarray(array)
+        if host.dtype == object:  # no export worked: a 0-d box around the object, not its numbers
+            raise DeviceError(
+                f"cannot copy this {type(array).__name__} to the host: its DLPack export refused ({error}) and it "
+                f"offers no buffer. NumPy >= 2.1 asks DLPack producers for a host copy (this is NumPy "
+                f"{np.__version__}); or convert it with its own library first") from None
+        return host
