@@ -1,11 +1,14 @@
 """Getting user data onto the model's device: the one place where host data crosses over.
 
 Rules (documented in the README):
-* host data (NumPy arrays, lists, tuples, scalars) are copied to the device once, cast to the model's dtype;
+* host data (NumPy arrays, lists, tuples, scalars, and whatever ``numpy.asarray`` reads on the host: pandas
+  objects, ``__array__`` objects, long double arrays) are copied to the device once, cast to the model's dtype;
+  finite values beyond that dtype's range are refused (`CastOverflowError`), not turned into infinities;
+* masked arrays with masked values are refused (converting them would drop the mask);
 * arrays already on the model's backend and device are used without a copy (cast once if their float dtype
   differs from the model's);
 * integer and boolean inputs are converted to the model's float dtype; strings, objects and complex numbers
-  are refused;
+  are refused (string labels with the advice to encode them as integers);
 * an array of another library or another device raises `DeviceError`: we never copy silently in a hot loop.
 """
 
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from backprop import augment  # noqa: F401  (bp.data.augment: the transforms a BatchLoader takes)
-from backprop.errors import ConfigurationError, DeviceError, DTypeError, NonFiniteError, ShapeError
+from backprop.errors import CastOverflowError, ConfigurationError, DeviceError, DTypeError, NonFiniteError, ShapeError
 from backprop.validation import flag, integer
 from backprop.validation import seed as checked_seed
 
@@ -56,13 +59,23 @@ def constant(value: float, like: Any) -> Any:
 
 
 def host_array(data: Any, what: str) -> np.ndarray:
-    """``data`` (NumPy array, list, tuple or number) as a host NumPy array; a device array raises `DeviceError`
-    (``numpy.asarray`` would fail on it with the library's own TypeError, or copy it silently)."""
-    if isinstance(data, _HOST_TYPES):
-        return np.asarray(data)
-    if hasattr(data, "__array_namespace__") or hasattr(data, "__dlpack__"):
+    """``data`` (NumPy array, list, tuple, number, or anything ``numpy.asarray`` reads on the host: a pandas
+    object, an ``__array__`` object) as a host NumPy array. A device array raises `DeviceError` (``numpy.asarray``
+    would fail on it with the library's own TypeError, or copy it silently); a masked array with masked values
+    raises `DTypeError` (converting it would silently drop the mask)."""
+    if not isinstance(data, _HOST_TYPES) and (hasattr(data, "__array_namespace__") or hasattr(data, "__dlpack__")):
         raise DeviceError(f"{what} is {_describe(data)}; give host data here: bp.to_numpy({what}) copies it")
-    return np.asarray(data)
+    if isinstance(data, np.ma.MaskedArray) and np.ma.getmaskarray(data).any():
+        raise DTypeError(
+            f"{what} is a masked array with {int(np.ma.getmaskarray(data).sum())} masked value(s), which would "
+            "silently lose their mask: fill them (x.filled(value)) or drop those samples first"
+        )
+    if not isinstance(data, _HOST_TYPES) and not hasattr(data, "__array__"):
+        raise DTypeError(f"{what} must be an array or a (nested) list of numbers, got {type(data).__name__}")
+    try:
+        return np.asarray(data)
+    except ValueError as error:  # ragged nested lists
+        raise ShapeError(f"{what} cannot be read as a rectangular array: {error}") from None
 
 
 def _describe(array: Any) -> str:
@@ -75,36 +88,72 @@ def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", inte
     """``data`` as an array of ``backend`` with dtype ``dtype``.
 
     With ``integral_ok`` (class-index targets) integer data keep an integer dtype instead of being cast.
+    Finite values too large for ``dtype`` (float64 data beyond float32's range) raise `CastOverflowError`
+    rather than becoming infinities.
     """
     xp = backend.xp
-    if backend.owns(data):
+    if backend.owns(data) and not isinstance(data, np.ma.MaskedArray):
         if xp.isdtype(data.dtype, "real floating"):
-            return data if data.dtype == dtype else xp.astype(data, dtype)
+            return data if data.dtype == dtype else _narrowed(backend, data, dtype, what)
         if xp.isdtype(data.dtype, "integral") and integral_ok:
             return data
         if xp.isdtype(data.dtype, ("integral", "bool")):
             return xp.astype(data, dtype)
-        raise DTypeError(f"{what} has dtype {data.dtype}; give real numbers (float, integer or boolean)")
-    if isinstance(data, _HOST_TYPES):
-        try:
-            host = np.asarray(data)
-        except ValueError as error:  # ragged nested lists
-            raise ShapeError(f"{what} cannot be read as a rectangular array: {error}") from None
-        if host.dtype.kind in "iu" and integral_ok:
-            return backend.to_device(host.astype(np.int64, copy=False), None)
-        if host.dtype.kind not in "biuf":
-            raise DTypeError(
-                f"{what} has NumPy dtype {host.dtype}; give real numbers (float, integer or boolean), "
-                "e.g. numpy.asarray(data, dtype=float)"
-            )
-        return backend.to_device(host, dtype)
-    if hasattr(data, "__array_namespace__") or hasattr(data, "__dlpack__"):
+        if getattr(data.dtype, "kind", "") not in "USO":  # NumPy strings and objects get the host path's advice
+            raise DTypeError(f"{what} has dtype {data.dtype}; give real numbers (float, integer or boolean)")
+    if not isinstance(data, _HOST_TYPES) and (hasattr(data, "__array_namespace__") or hasattr(data, "__dlpack__")):
         raise DeviceError(
             f"{what} is {_describe(data)}, but the model lives on {backend.spec!r}. Move the data with "
             f"bp.to_numpy({what}) (it is then copied once) or move the model with model.to(...); "
             "no silent copies are made between devices"
         )
-    raise DTypeError(f"{what} must be an array or a (nested) list of numbers, got {type(data).__name__}")
+    host = host_array(data, what)
+    if host.ndim == 0:  # never a batch (and PyTorch cannot cast a 0-d NumPy array while copying it)
+        raise ShapeError(f"{what} is a single number (shape ()); give a batch with one row per sample, "
+                         "e.g. numpy.asarray([[value]]) for one sample with one feature")
+    if host.dtype.kind in "iu" and integral_ok:
+        return backend.to_device(host.astype(np.int64, copy=False), None)
+    if host.dtype.kind in "USO" and "target" in what:
+        raise DTypeError(
+            f"{what} have NumPy dtype {host.dtype} (labels such as {host.reshape(-1)[:3].tolist()}); encode labels "
+            "as integers 0..k-1, e.g. with sklearn's LabelEncoder: y = LabelEncoder().fit_transform(labels)"
+        )
+    if host.dtype.kind not in "biuf":
+        raise DTypeError(
+            f"{what} has NumPy dtype {host.dtype}; give real numbers (float, integer or boolean), "
+            "e.g. numpy.asarray(data, dtype=float)"
+        )
+    if host.dtype.kind == "f":
+        _check_range(host, xp.finfo(dtype), dtype, what)
+        if host.dtype.itemsize > 8:  # long double: no array library takes it, and float64 holds what fits dtype
+            host = host.astype(np.float64)
+    return backend.to_device(host, dtype)
+
+
+def _check_range(host: np.ndarray, target: Any, dtype: Any, what: str) -> None:
+    """`CastOverflowError` if a finite value of ``host`` exceeds the largest value of ``dtype`` (whose ``finfo``
+    is ``target``)."""
+    if np.finfo(host.dtype).bits <= target.bits or host.size == 0:
+        return
+    limit = float(target.max)
+    largest = np.max(np.abs(host), where=np.isfinite(host), initial=0)
+    if largest > limit:
+        raise CastOverflowError(
+            f"{what} holds finite values up to {float(largest):.4g}, beyond the range of the model's dtype "
+            f"{dtype} (largest {limit:.4g}): the cast would overflow to infinity. Scale the data (e.g. standardise "
+            "each feature) or use a float64 model (dtype='float64')"
+        )
+
+
+def _narrowed(backend: Any, data: Any, dtype: Any, what: str) -> Any:
+    """``data`` cast to another float ``dtype``, checked not to have overflowed (one reduction, one host read)."""
+    xp = backend.xp
+    target = xp.finfo(dtype)
+    if xp.finfo(data.dtype).bits > target.bits and data.size:  # checked before the cast, which would warn
+        largest = xp.max(xp.where(xp.isfinite(data), xp.abs(data), xp.zeros_like(data)))
+        if float(largest) > float(target.max):
+            _check_range(backend.to_numpy(data), target, dtype, what)
+    return xp.astype(data, dtype)
 
 
 def is_source(data: Any) -> bool:

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from backprop.data import check_finite, host_array, to_backend
-from backprop.errors import ConfigurationError, GradientCheckError
+from backprop.errors import ArgumentTypeError, GradientCheckError
 from backprop.layers.registry import check_configs
 from backprop.losses import Loss
+from backprop.validation import instance, integer
 
 
 def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = True, penalty: Any = None,
@@ -21,12 +22,18 @@ def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = T
     With a ``penalty`` (see `backprop.penalties`) the value is loss + R(w) and dR/dw joins the gradients.
     ``prepared=True`` says that ``y`` is already the output of ``loss.prepare_target`` for this batch (on the
     device, shaped like the output, validated), so it is used as it is: ``fit`` prepares and checks all the
-    targets once and then skips that work, and its host reads, for every batch.
+    targets once and then skips that work, and its host reads, for every batch. Otherwise the targets are checked
+    against the output's shape before the forward pass, so refused targets change nothing (no gradient zeroed,
+    no running statistic or random state advanced).
     """
+    target = y
+    if not prepared:
+        x = model.as_input(x)  # builds an unbuilt model, so its output shape is known
+        with model.backend.activate():
+            target = loss.prepare_target(y, model.backend, model._dtype, (x.shape[0], *model.output_shape))
     model.zero_grad()
     output, backward = model.forward(x, training=training)
     with model.backend.activate():
-        target = y if prepared else loss.prepare_target(y, model.backend, model._dtype, tuple(output.shape))
         value, grad_output = loss.value_and_grad(output, target)
     backward(grad_output, need_input_grad=False)
     if penalty is not None:
@@ -35,11 +42,22 @@ def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = T
     return value
 
 
+def check_model_and_loss(model: Any, loss: Any, caller: str) -> None:
+    """`ArgumentTypeError` unless ``model`` is a `Sequential` and ``loss`` a `Loss` (naming swapped arguments)."""
+    from backprop.model import Sequential
+
+    if isinstance(model, Loss) and isinstance(loss, Sequential):
+        raise ArgumentTypeError(f"{caller} takes (model, loss, x, y): the model and the loss are swapped")
+    instance(model, Sequential, f"{caller}'s model", "a bp.Sequential")
+    instance(loss, Loss, f"{caller}'s loss", "a backprop loss such as bp.losses.MeanSquaredError()")
+
+
 def value_and_grad(model: Any, loss: Loss, x: Any, y: Any, penalty: Any = None) -> tuple[float, dict[str, np.ndarray]]:
     """(loss value, {parameter name: host copy of dL/dparameter}) for one batch, in training mode.
 
     The gradients also stay in each parameter's ``.grad``, so ``optimizer.step()`` may follow.
     """
+    check_model_and_loss(model, loss, "value_and_grad")
     inputs = model.as_input(x)
     check_finite(inputs, model.backend, "input")
     with model.backend.activate():
@@ -77,9 +95,10 @@ def gradcheck(
     inside their ``fixed_randomness()``: every forward of the check reuses the first draw. A ``penalty`` is added
     to the loss, as in `loss_and_backward`.
     """
+    check_model_and_loss(model, loss, "gradcheck")
     check_configs(model)
-    if entries is not None and (isinstance(entries, bool) or not isinstance(entries, int) or entries < 1):
-        raise ConfigurationError(f"entries must be a positive integer (entries checked per parameter), got {entries!r}")
+    if entries is not None:
+        integer(entries, "entries", meaning="entries checked per parameter")
     if device is None:
         device = model.device if model.backend.supports("float64") and _on_host(model.backend) else "cpu"
     twin = model.clone(device, "float64")

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
+from array_api_compat import is_torch_array
 
 from backprop.backends import Backend, get_backend
 from backprop.data import check_batch, is_source, to_backend
-from backprop.errors import ConfigurationError, ShapeError
+from backprop.errors import ArgumentTypeError, ConfigurationError, DTypeError, ShapeError, StateMismatchError
 from backprop.layers.base import Layer, Shape, as_shape, dtype_name, shape_mismatch
 from backprop.layers.registry import describe, layer_from_node, register_layer
 from backprop.parameter import Parameter
+from backprop.validation import float_dtype_name, instance
+from backprop.validation import seed as checked_seed
 
 _SETTINGS = ("device", "dtype", "seed")
+_OWNERS: "weakref.WeakKeyDictionary[Layer, weakref.ref]" = weakref.WeakKeyDictionary()  # layer -> its model
 
 
 class Sequential(Layer):
@@ -54,9 +59,13 @@ class Sequential(Layer):
             raise ConfigurationError("Sequential needs at least one layer")
         for index, layer in enumerate(layers):
             if not isinstance(layer, Layer):
-                raise TypeError(f"argument {index} of Sequential is {type(layer).__name__}, not a layer")
+                raise ArgumentTypeError(f"argument {index} of Sequential is {type(layer).__name__}, not a layer"
+                                        + (" (pass layer objects such as bp.Dense(3, 4), not classes)"
+                                           if isinstance(layer, type) else ""))
         self.layers: list[Layer] = list(layers)
         _check_tree(self)
+        dtype = None if dtype is None else float_dtype_name(dtype)
+        seed = checked_seed(seed)
         self.settings = {name: value for name, value in zip(_SETTINGS, (device, dtype, seed)) if value is not None}
         self.backend: Backend = get_backend("cpu" if device is None else device)
         self.dtype: str = "float32" if dtype is None else dtype
@@ -68,6 +77,7 @@ class Sequential(Layer):
         self._shapes: list[Shape] = []
         if self.input_shape is not None:
             self.build(self.input_shape)
+        _claim(self)
 
     # -- shapes and building --------------------------------------------------------------------------------
     @property
@@ -140,6 +150,7 @@ class Sequential(Layer):
     def __setstate__(self, state: dict) -> None:
         state["_dtype"] = state["backend"].dtype(state["_dtype"])
         self.__dict__.update(state)
+        _claim(self)  # a copy owns its copied layers as the original owns its own
 
     def children(self) -> Iterator[tuple[str, Layer]]:
         for index, layer in enumerate(self.layers):
@@ -184,19 +195,23 @@ class Sequential(Layer):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Copy values into the model; names and shapes must match exactly; values are cast to the model's dtype."""
+        instance(state, Mapping, "state", "a mapping {name: array} such as model.state_dict() returns")
         expected = {name: tuple(p.value.shape) for name, p in self.named_parameters()}
         expected.update({name: tuple(v.shape) for name, v in self.named_buffers()})
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise KeyError(f"state does not fit this model: missing {missing}, unexpected {unexpected}")
+            raise StateMismatchError(f"state does not fit this model: missing {missing}, unexpected {unexpected}")
+        _refuse_pytorch_layout(self, state)
         host = {}
         for name, shape in expected.items():
             value = np.asarray(self.backend.to_numpy(state[name]) if not isinstance(state[name], np.ndarray) else state[name])
             if value.shape != shape:
-                raise ShapeError(f"state[{name!r}] has shape {value.shape}, the model's has {shape}")
+                transposed = len(shape) == 2 and value.shape == shape[::-1]
+                raise ShapeError(f"state[{name!r}] has shape {value.shape}, the model's has {shape}"
+                                 + (f"; it is transposed: {_TORCH_LAYOUT}" if transposed else ""))
             if value.dtype.kind not in "biuf":
-                raise TypeError(f"state[{name!r}] has dtype {value.dtype}; expected real numbers")
+                raise DTypeError(f"state[{name!r}] has dtype {value.dtype}; expected real numbers")
             host[name] = value
         for prefix, layer in self._walk():
             for name, parameter in layer.params.items():
@@ -209,7 +224,7 @@ class Sequential(Layer):
         ``dtype`` (``"float32"``/``"float64"``) if given, else keeping the model's."""
         self._require_built()
         target = get_backend(device)
-        new_dtype = target.dtype(self.dtype if dtype is None else dtype)  # raises before anything moves
+        new_dtype = target.dtype(self.dtype if dtype is None else float_dtype_name(dtype))  # raises before anything moves
         source, xp = self.backend, self.backend.xp
 
         def move(array: Any) -> Any:
@@ -278,7 +293,8 @@ class Sequential(Layer):
         output_shape = tuple(x.shape)
 
         def backward(grad_output: Any, need_input_grad: bool = True) -> Any:
-            if not backend.owns(grad_output) or tuple(grad_output.shape) != output_shape:
+            if not backend.owns(grad_output) or tuple(grad_output.shape) != output_shape \
+                    or grad_output.dtype != self._dtype:  # an integer or float64 grad_output is cast, never kept
                 with backend.activate():
                     grad_output = to_backend(grad_output, backend, self._dtype, what="grad_output")
                 if tuple(grad_output.shape) != output_shape:
@@ -388,10 +404,43 @@ def _declared_by(layers: list[Layer]) -> tuple[Shape | None, int]:
     return None, -1
 
 
+_TORCH_LAYOUT = (
+    "backprop's Dense.weight is (in_features, out_features), the transpose of PyTorch's nn.Linear.weight "
+    "(out_features, in_features). Convert a PyTorch state_dict with {name: (t.T if t.ndim == 2 else t).detach()"
+    ".cpu().numpy() for name, t in torch_state.items()} (names must be the model's, e.g. '0.weight'; see the "
+    "README, 'Loading PyTorch weights')"
+)
+
+
+def _refuse_pytorch_layout(model: Sequential, state: Mapping[str, Any]) -> None:
+    """Refuse a PyTorch ``state_dict`` given as it is: its square ``nn.Linear`` weights would load transposed
+    without any shape error. Recognised by its torch tensors (on a model that is not on a torch device) or by
+    the ``_metadata`` attribute ``torch.nn.Module.state_dict()`` puts on the mapping it returns."""
+    torch_values = [name for name, value in state.items() if is_torch_array(value)]
+    if torch_values and (hasattr(state, "_metadata") or not is_torch_array(model.parameters()[0].value)):
+        raise ShapeError(f"state looks like a PyTorch state_dict (torch tensors such as {torch_values[0]!r}): "
+                         f"{_TORCH_LAYOUT}")
+
+
+def _claim(model: Sequential) -> None:
+    """Record ``model`` as the owner of every layer in its tree (the last step of a successful construction)."""
+    for _, layer in model.named_layers():
+        _OWNERS[layer] = weakref.ref(model)
+
+
 def _check_tree(model: Sequential) -> None:
-    """Refuse a layer object that appears twice in the tree, and settings given to an inner Sequential."""
+    """Refuse a layer object that appears twice in the tree or already belongs to another model (one still in
+    use, outside this tree), and settings given to an inner Sequential."""
     seen: dict[int, str] = {}
+    tree = {id(layer) for _, layer in model.named_layers()}
     for path, layer in model.named_layers():
+        owner = _OWNERS[layer]() if layer in _OWNERS else None
+        if owner is not None and id(owner) not in tree:
+            raise ConfigurationError(
+                f"layer {path} ({type(layer).__name__}) already belongs to another model: sharing it would make "
+                "both models change the same parameters (and break the first if the second lives on another "
+                "device). Create a new layer, or copy it with its weights: copy.deepcopy(layer)"
+            )
         if id(layer) in seen:
             raise ConfigurationError(
                 f"the same layer object appears twice in Sequential (at {seen[id(layer)]} and {path}); "

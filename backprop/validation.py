@@ -94,7 +94,7 @@ def optional_list(value: Any, name: str, example: str) -> list:
     return list(value)
 
 
-def dtype_name(value: Any) -> str:
+def float_dtype_name(value: Any) -> str:
     """``"float32"`` or ``"float64"`` from that name, a NumPy dtype or a NumPy scalar type (``np.float32``)."""
     name = value
     if value is not None and not isinstance(value, str):  # numpy.dtype(None) would mean float64

@@ -367,3 +367,185 @@ def test_none_and_single_values_are_accepted(backend, options):
     model, optimizer = trained(backend)
     history = _fit(**options)(model, optimizer)
     assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
+
+
+# -- 6, 16. data at the boundary ---------------------------------------------------------------------------------
+def _masked(values):
+    return np.ma.masked_array(values, mask=np.arange(values.size).reshape(values.shape) == 4)
+
+
+DATA = [
+    # (case id, x, y, loss, our class, built-in class, message fragments)
+    ("x beyond float32", np.full((5, 3), 1e39), Y, losses.MeanSquaredError(), bp.errors.CastOverflowError,
+     OverflowError, ("1e+39", "float32", "overflow", "dtype='float64'")),
+    ("y beyond float32", X, np.full((5, 2), -4e38), losses.MeanSquaredError(), bp.errors.CastOverflowError,
+     OverflowError, ("4e+38", "overflow")),
+    ("long double beyond", np.full((5, 3), np.longdouble(1e39)), Y, losses.MeanSquaredError(),
+     bp.errors.CastOverflowError, OverflowError, ("overflow",)),
+    ("masked x", _masked(X), Y, losses.MeanSquaredError(), bp.errors.DTypeError, TypeError,
+     ("masked", "1 masked value", "filled")),
+    ("string x", np.array([["a", "b", "c"]] * 5), Y, losses.MeanSquaredError(), bp.errors.DTypeError, TypeError,
+     ("dtype <U1", "real numbers")),
+    ("string labels", X, np.array(["cat", "dog", "cat", "cat", "dog"]), losses.CrossEntropy(),
+     bp.errors.DTypeError, TypeError, ("'cat'", "integers 0..k-1", "LabelEncoder")),
+    ("object labels", X, np.array(["cat", "dog", "cat", "cat", "dog"], dtype=object), losses.CrossEntropy(),
+     bp.errors.DTypeError, TypeError, ("LabelEncoder",)),
+    ("complex x", X.astype(complex), Y, losses.MeanSquaredError(), bp.errors.DTypeError, TypeError, ("complex",)),
+    ("0-d x", np.float64(1.0), Y, losses.MeanSquaredError(), bp.errors.ShapeError, ValueError, ("shape ()",)),
+    ("0-d y", X, np.float64(1.0), losses.MeanSquaredError(), bp.errors.ShapeError, ValueError, ("()",)),
+    ("dict x", {"a": 1}, Y, losses.MeanSquaredError(), bp.errors.DTypeError, TypeError, ("dict",)),
+]
+ENTRY_POINTS = {
+    "predict": lambda model, optimizer, x, y, loss: model.predict(x),
+    "fit": lambda model, optimizer, x, y, loss: model.fit(x, y, loss, optimizer, epochs=1, verbose=0),
+    "evaluate": lambda model, optimizer, x, y, loss: model.evaluate(x, y, loss),
+    "value_and_grad": lambda model, optimizer, x, y, loss: bp.value_and_grad(model, loss, x, y),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+@pytest.mark.parametrize("case, x, y, loss, kind, builtin, fragments", DATA, ids=[row[0] for row in DATA])
+def test_bad_data_is_refused_at_every_entry_point(backend, entry, case, x, y, loss, kind, builtin, fragments):
+    if entry == "predict" and x is X:
+        pytest.skip("predict takes no targets")  # listed so that the matrix stays a full product; nothing to try
+    model, optimizer = trained(backend)
+    before = state_of(model, optimizer)
+    with pytest.raises(BackpropError) as excinfo:
+        ENTRY_POINTS[entry](model, optimizer, x, y, loss)
+    check_error(excinfo.value, kind, builtin, fragments)
+    assert_unchanged(before, state_of(model, optimizer))
+
+
+def test_device_arrays_that_overflow_the_cast_are_refused(backend):
+    model, optimizer = trained(backend)
+    if not model.backend.supports("float64"):
+        pytest.skip(f"{backend} has no float64 arrays to narrow")
+    big = model.backend.to_device(np.full((5, 3), 1e39), model.backend.dtype("float64"))
+    with pytest.raises(bp.errors.CastOverflowError, match="overflow"):
+        model.predict(big)
+    small = model.backend.to_device(X, model.backend.dtype("float64"))
+    np.testing.assert_array_equal(bp.to_numpy(model.predict(small)), bp.to_numpy(model.predict(X.astype(np.float32))))
+
+
+class ArrayLike:
+    def __init__(self, values):
+        self.values = values
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+
+def test_host_containers_numpy_reads_are_accepted(backend):
+    import pandas
+
+    model, _ = trained(backend)
+    reference = bp.to_numpy(model.predict(X))
+    frame = pandas.DataFrame(X, columns=["a", "b", "c"])
+    for form in (frame, ArrayLike(X), X.astype(np.longdouble), np.ma.masked_array(X, mask=False)):
+        np.testing.assert_array_equal(bp.to_numpy(model.predict(form)), reference)
+    labels = pandas.Series([0, 1, 1, 0, 1])
+    classifier = bp.Sequential(bp.Dense(3, 2), device=backend, seed=0)
+    assert bp.value_and_grad(classifier, losses.CrossEntropy(), frame, labels)[0] == \
+        bp.value_and_grad(classifier, losses.CrossEntropy(), X, np.array([0, 1, 1, 0, 1]))[0]
+
+
+# -- 7. backward casts what it is given ----------------------------------------------------------------------------
+def test_backward_casts_an_integer_grad_output_on_the_device(backend):
+    model, _ = trained(backend)
+    xp = model.backend.xp
+    output, backward = model.forward(X, training=True)
+    model.zero_grad()
+    integer_grad = model.backend.to_device(np.ones((5, 2), dtype=np.int64), None)
+    dx = backward(integer_grad)
+    grads = {name: bp.to_numpy(p.grad) for name, p in model.named_parameters()}
+    assert dx.dtype == model.backend.dtype("float32")
+    assert all(p.grad.dtype == model.backend.dtype("float32") for p in model.parameters())
+    model.zero_grad()
+    _, backward = model.forward(X, training=True)
+    backward(xp.ones((5, 2), dtype=model.backend.dtype("float32"), device=model.backend.device))
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(bp.to_numpy(p.grad), grads[name])
+
+
+# -- 11. a layer belongs to one model ------------------------------------------------------------------------------
+def test_a_layer_of_another_model_is_refused(backend):
+    first = bp.Sequential(bp.Dense(3, 4), bp.ReLU(), bp.Sequential(bp.Dense(4, 2), bp.Tanh()), seed=0)
+    unbuilt = bp.Sequential(bp.ReLU(), bp.Dense(3, 2))  # not built yet: its layers are claimed all the same
+    before = state_of(first)
+    for layers in ([first.layers[0]], [bp.Dense(2, 3), first.layers[1]], [first.layers[2].layers[0]],
+                   [unbuilt.layers[1]]):
+        with pytest.raises(ConfigurationError) as excinfo:
+            bp.Sequential(*layers, device=backend)
+        check_error(excinfo.value, ConfigurationError, ValueError, ("already belongs to another model",
+                                                                     "copy.deepcopy(layer)"))
+    assert_unchanged(before, state_of(first))
+    assert first.device == "cpu" and all(p.backend.spec == "cpu" for p in first.parameters())
+    import copy
+
+    second = bp.Sequential(copy.deepcopy(first.layers[0]), device=backend, seed=1)  # the fix the message names
+    np.testing.assert_array_equal(second.state_dict()["0.weight"], before["0.weight"])
+    clone = first.clone()
+    with pytest.raises(ConfigurationError, match="already belongs to another model"):
+        bp.Sequential(clone.layers[0])
+    del unbuilt
+    bp.Sequential(bp.ReLU(), bp.Dense(3, 2))  # a model's layers are free again once the model is gone
+
+
+# -- 4. PyTorch state dicts ----------------------------------------------------------------------------------------
+def test_a_pytorch_state_dict_is_refused_and_the_documented_conversion_works(torch):
+    linear = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).double()
+    model = bp.Sequential(bp.Dense(3, 3), bp.ReLU(), bp.Dense(3, 2), dtype="float64", seed=0)
+    before = state_of(model)
+    with pytest.raises(bp.errors.ShapeError) as excinfo:
+        model.load_state_dict(linear.state_dict())
+    check_error(excinfo.value, bp.errors.ShapeError, ValueError, ("PyTorch state_dict", "(in_features, out_features)",
+                                                                  ".T"))
+    assert_unchanged(before, state_of(model))
+    plain = {name: value.detach().numpy() for name, value in linear.state_dict().items()}
+    with pytest.raises(bp.errors.ShapeError, match=r"'2.weight'\] has shape \(2, 3\).*transposed"):
+        model.load_state_dict(plain)  # the square one would pass: the non-square one names the transpose
+    converted = {name: (t.T if t.ndim == 2 else t).detach().cpu().numpy() for name, t in linear.state_dict().items()}
+    model.load_state_dict(converted)
+    expected = linear(torch.tensor(X)).detach().numpy()
+    np.testing.assert_allclose(bp.to_numpy(model.predict(X)), expected, rtol=1e-12)
+    on_torch = bp.Sequential(bp.Dense(3, 3), bp.ReLU(), bp.Dense(3, 2), device="torch:cpu", dtype="float64", seed=0)
+    on_torch.load_state_dict({name: torch.tensor(value) for name, value in converted.items()})  # ours: accepted
+    np.testing.assert_allclose(bp.to_numpy(on_torch.predict(X)), expected, rtol=1e-12)
+
+
+MODEL_MATRIX = [
+    ("Sequential seed str", lambda: bp.Sequential(bp.Dense(3, 2), seed="abc"), ConfigurationError, ValueError,
+     ("seed", "'abc'")),
+    ("Sequential seed -1", lambda: bp.Sequential(bp.Dense(3, 2), seed=-1), ConfigurationError, ValueError,
+     ("seed",)),
+    ("Sequential float16", lambda: bp.Sequential(bp.Dense(3, 2), dtype=np.float16), bp.errors.DTypeError, TypeError,
+     ("'float32' or 'float64'", "numpy.float32")),
+    ("Sequential class", lambda: bp.Sequential(bp.Dense), ArgumentTypeError, TypeError, ("not classes",)),
+    ("value_and_grad swapped", lambda: bp.value_and_grad(losses.MeanSquaredError(), bp.Sequential(bp.Dense(3, 2)),
+                                                         X, Y), ArgumentTypeError, TypeError, ("swapped",)),
+    ("value_and_grad no model", lambda: bp.value_and_grad(lambda x: x, losses.MeanSquaredError(), X, Y),
+     ArgumentTypeError, TypeError, ("model must be a bp.Sequential",)),
+    ("value_and_grad no loss", lambda: bp.value_and_grad(bp.Sequential(bp.Dense(3, 2)), "mse", X, Y),
+     ArgumentTypeError, TypeError, ("loss must be",)),
+    ("gradcheck no loss", lambda: bp.gradcheck(bp.Sequential(bp.Dense(3, 2)), None, X, Y), ArgumentTypeError,
+     TypeError, ("loss must be",)),
+    ("load_state_dict list", lambda: bp.Sequential(bp.Dense(3, 2)).load_state_dict([1, 2]), ArgumentTypeError,
+     TypeError, ("mapping",)),
+    ("load_state_dict missing", lambda: bp.Sequential(bp.Dense(3, 2)).load_state_dict({}), bp.errors.StateMismatchError,
+     KeyError, ("missing ['0.bias', '0.weight']",)),
+    ("to float16", lambda: bp.Sequential(bp.Dense(3, 2)).to("cpu", dtype="float16"), bp.errors.DTypeError, TypeError,
+     ("float16",)),
+]
+
+
+@pytest.mark.parametrize("case, call, kind, builtin, fragments", MODEL_MATRIX, ids=[row[0] for row in MODEL_MATRIX])
+def test_model_level_refusals(case, call, kind, builtin, fragments):
+    with pytest.raises(BackpropError) as excinfo:
+        call()
+    check_error(excinfo.value, kind, builtin, fragments)
+
+
+def test_numpy_dtypes_are_accepted():
+    for given in (np.float32, np.dtype("float32"), "float32"):
+        assert bp.Sequential(bp.Dense(3, 2), dtype=given).dtype == "float32"
+    assert bp.Sequential(bp.Dense(3, 2), seed=0).to("cpu", dtype=np.float64).dtype == "float64"
