@@ -99,7 +99,7 @@ def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", inte
             return data
         if xp.isdtype(data.dtype, ("integral", "bool")):
             return xp.astype(data, dtype)
-        if getattr(data.dtype, "kind", "") not in "USO":  # NumPy strings and objects get the host path's advice
+        if getattr(data.dtype, "kind", None) not in ("U", "S", "O"):  # NumPy strings and objects: host path's advice
             raise DTypeError(f"{what} has dtype {data.dtype}; give real numbers (float, integer or boolean)")
     if not isinstance(data, _HOST_TYPES) and (hasattr(data, "__array_namespace__") or hasattr(data, "__dlpack__")):
         raise DeviceError(
