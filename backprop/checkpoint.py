@@ -262,7 +262,7 @@ def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
 def _restore(
     parsed: tuple[dict, dict], path: PathLike, device: "str | Backend | None", dtype: str | None, with_optimizer: bool
 ) -> Checkpoint:
-    from backprop.model import Sequential
+    from backprop.model import Sequential, release
 
     document, tensors = parsed
     described = document["model"]

@@ -422,6 +422,14 @@ def _refuse_pytorch_layout(model: Sequential, state: Mapping[str, Any]) -> None:
                          f"{_TORCH_LAYOUT}")
 
 
+def release(model: Sequential) -> list[Layer]:
+    """``model``'s layers, given up by it so that another `Sequential` may take them (``model`` must not be used
+    afterwards): the checkpoint loader rebuilds a saved architecture this way."""
+    for _, layer in model.named_layers():
+        _OWNERS.pop(layer, None)
+    return list(model.layers)
+
+
 def _claim(model: Sequential) -> None:
     """Record ``model`` as the owner of every layer in its tree (the last step of a successful construction)."""
     for _, layer in model.named_layers():
@@ -439,7 +447,8 @@ def _check_tree(model: Sequential) -> None:
             raise ConfigurationError(
                 f"layer {path} ({type(layer).__name__}) already belongs to another model: sharing it would make "
                 "both models change the same parameters (and break the first if the second lives on another "
-                "device). Create a new layer, or copy it with its weights: copy.deepcopy(layer)"
+                "device). Give the new model its own layer (a new one, or copy.deepcopy(layer), whose weights the new "
+                "model draws afresh when it builds), or copy the whole model with its weights: model.clone()"
             )
         if id(layer) in seen:
             raise ConfigurationError(

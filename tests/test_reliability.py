@@ -477,14 +477,15 @@ def test_a_layer_of_another_model_is_refused(backend):
         with pytest.raises(ConfigurationError) as excinfo:
             bp.Sequential(*layers, device=backend)
         check_error(excinfo.value, ConfigurationError, ValueError, ("already belongs to another model",
-                                                                     "copy.deepcopy(layer)"))
+                                                                     "copy.deepcopy(layer)", "model.clone()"))
     assert_unchanged(before, state_of(first))
     assert first.device == "cpu" and all(p.backend.spec == "cpu" for p in first.parameters())
     import copy
 
-    second = bp.Sequential(copy.deepcopy(first.layers[0]), device=backend, seed=1)  # the fix the message names
-    np.testing.assert_array_equal(second.state_dict()["0.weight"], before["0.weight"])
+    second = bp.Sequential(copy.deepcopy(first.layers[0]), device=backend, seed=0)  # the fixes the message names
+    np.testing.assert_array_equal(second.state_dict()["0.weight"], before["0.weight"])  # same seed, same draw
     clone = first.clone()
+    np.testing.assert_array_equal(clone.state_dict()["2.0.weight"], before["2.0.weight"])
     with pytest.raises(ConfigurationError, match="already belongs to another model"):
         bp.Sequential(clone.layers[0])
     del unbuilt
