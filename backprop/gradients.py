@@ -12,7 +12,8 @@ from backprop.data import check_finite, host_array, to_backend
 from backprop.errors import ArgumentTypeError, GradientCheckError
 from backprop.layers.registry import check_configs
 from backprop.losses import Loss
-from backprop.validation import instance, integer
+from backprop.layers.base import Layer
+from backprop.validation import describe, instance, integer
 
 
 def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = True, penalty: Any = None,
@@ -43,12 +44,12 @@ def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = T
 
 
 def check_model_and_loss(model: Any, loss: Any, caller: str) -> None:
-    """`ArgumentTypeError` unless ``model`` is a `Sequential` and ``loss`` a `Loss` (naming swapped arguments)."""
-    from backprop.model import Sequential
-
-    if isinstance(model, Loss) and isinstance(loss, Sequential):
+    """`ArgumentTypeError` unless ``model`` is a model (a `Sequential`) and ``loss`` a `Loss` (naming swapped
+    arguments)."""
+    if isinstance(model, Loss) and isinstance(loss, Layer):
         raise ArgumentTypeError(f"{caller} takes (model, loss, x, y): the model and the loss are swapped")
-    instance(model, Sequential, f"{caller}'s model", "a bp.Sequential")
+    if not (isinstance(model, Layer) and callable(getattr(model, "as_input", None))):
+        raise ArgumentTypeError(f"{caller}'s model must be a bp.Sequential, got {describe(model)}")
     instance(loss, Loss, f"{caller}'s loss", "a backprop loss such as bp.losses.MeanSquaredError()")
 
 
