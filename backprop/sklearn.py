@@ -55,7 +55,7 @@ from backprop.errors import ConfigurationError
 from backprop.layers import Dense, Identity, Layer, ReLU, Sigmoid, Tanh
 from backprop.layers.activations import sigmoid, softmax
 from backprop.losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
-from backprop.model import Sequential
+from backprop.model import Sequential, release
 from backprop.optim import SGD, Adam
 from backprop.penalties import L2
 from backprop.validation import FLOAT_DTYPES, choice, flag, integer, number
@@ -148,7 +148,7 @@ class _BackpropEstimator(BaseEstimator):
     def _network(self, n_features: int, n_outputs: int) -> list[Layer]:
         if self.layers is not None:
             built = self.layers(n_features, n_outputs)
-            built = built.layers if isinstance(built, Sequential) else built
+            built = release(built) if isinstance(built, Sequential) else built
             return [built] if isinstance(built, Layer) else list(built)
         network: list[Layer] = []
         width = n_features
