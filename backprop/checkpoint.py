@@ -46,20 +46,27 @@ from __future__ import annotations
 import json
 import math
 import os
+import contextlib
+import copy
+import glob
 import secrets
+import socket
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 
-from backprop.backends import Backend
+from backprop.backends import Backend, get_backend
 from backprop.callbacks import Callback, monitor_mode
-from backprop.errors import CheckpointError, ConfigurationError, ShapeError
+from backprop.errors import ArgumentTypeError, BackpropError, CheckpointError, ConfigurationError, ShapeError
 from backprop.optim.base import Optimizer
-from backprop.validation import choice, flag, instance
+from backprop.validation import choice, flag, float_dtype_name, instance
+from backprop.validation import describe as describe_value
+from backprop.layers.base import allocation_budget
 from backprop.layers.registry import check_configs, describe, layer_from_node
 
 MAGIC = b"\x89BPCKPT\n"
@@ -94,6 +101,12 @@ def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, 
     outcome that follows is the barrier: every rank returns once the file is complete, or raises rank 0's error.
     The replicas are identical, so rank 0's model is every rank's.
     """
+    _check_model(model, "save", "(model, path, optimizer=None, extra=None)")
+    _check_path(path, "save")
+    if optimizer is not None:
+        instance(optimizer, Optimizer, "save's optimizer", "a backprop optimiser (or None)")
+    if extra is not None:
+        instance(extra, Mapping, "save's extra", "a mapping of JSON data such as {'epoch': 3} (or None)")
     if communicator is not None and communicator.size > 1:
         return communicator.collectively(
             lambda: save(model, path, optimizer, extra) if communicator.is_root else Path(os.fspath(path)))
@@ -160,6 +173,18 @@ def export_safetensors(model: Any, path: PathLike, metadata: Mapping[str, str] |
     return _atomic_write(path, [struct.pack("<Q", len(encoded)), encoded, *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
 
 
+def _check_model(model: Any, caller: str, signature: str) -> None:
+    """`ArgumentTypeError` unless ``model`` is a model (a path given first says the arguments are swapped)."""
+    if isinstance(model, (str, os.PathLike)):
+        raise ArgumentTypeError(f"{caller} takes {signature}: the model comes first, got the path {model!r}")
+    if not (callable(getattr(model, "named_parameters", None)) and callable(getattr(model, "state_dict", None))):
+        raise ArgumentTypeError(f"{caller}'s model must be a bp.Sequential, got {describe_value(model)}")
+
+
+def _check_path(path: Any, caller: str) -> None:
+    instance(path, (str, os.PathLike), f"{caller}'s path", "a file path such as 'model.bpk'")
+
+
 def _check_optimizer_owns(model: Any, optimizer: Any) -> None:
     ours = {id(p) for p in model.parameters()}
     if not all(id(p) in ours for p in optimizer.params):
@@ -193,7 +218,10 @@ def _atomic_write(path: PathLike, chunks: Iterable[Any]) -> Path:
     directory = target.parent
     if not directory.is_dir():
         raise CheckpointError(f"cannot save {target}: directory {directory} does not exist")
-    temporary = directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    if target.is_dir():
+        raise CheckpointError(f"cannot save {target}: it is a directory; give a file name such as {target / 'model.bpk'}")
+    _remove_stale_temporaries(target)
+    temporary = directory / f".{target.name}.{_HOST_TAG}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -206,6 +234,45 @@ def _atomic_write(path: PathLike, chunks: Iterable[Any]) -> Path:
         raise
     _fsync_directory(directory)
     return target
+
+
+_HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"  # temporaries name their host and process
+_STALE_AFTER_S = 3600.0  # a temporary this old belongs to no save in progress, whoever wrote it
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporaries that earlier saves of ``target`` left behind when they were killed mid-write: only
+    files named as ``_atomic_write`` names them for this very target, and only those whose writer is gone (a
+    process of this host that no longer exists) or that are over an hour old. A save in progress elsewhere keeps
+    its file."""
+    prefix = f".{target.name}."
+    for candidate in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        middle = candidate.name[len(prefix):-len(".tmp")].split(".")
+        if not (len(middle) in (1, 3) and all(_is_hex(part) or part.isdigit() for part in middle)):
+            continue  # not one of ours
+        try:
+            age = time.time() - candidate.stat().st_mtime
+            gone = len(middle) == 3 and middle[0] == _HOST_TAG and not _process_exists(int(middle[1]))
+            if gone or age > _STALE_AFTER_S:
+                candidate.unlink()
+        except (OSError, ValueError):
+            continue  # vanished meanwhile, or not ours to remove
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) in (8, 12) and all(c in "0123456789abcdef" for c in text)
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # Windows' os.kill would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process, or a platform that cannot tell: keep the file
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -227,30 +294,39 @@ def load(path: PathLike, device: "str | Backend | None" = None, dtype: str | Non
     ``dtype`` overrides the saved dtype (e.g. ``"float32"`` for a float64 checkpoint on a device without float64).
     Optimiser slots are not restored: use `load_checkpoint` to resume training with the optimiser.
     """
-    return _restore(_read(path), path, device, dtype, with_optimizer=False).model
+    return _restore(path, device, dtype, with_optimizer=False).model
 
 
 def load_checkpoint(path: PathLike, device: "str | Backend | None" = None, dtype: str | None = None) -> Checkpoint:
     """Rebuild the model and, if one was saved, its optimiser (type, hyper-parameters, step count, slots), plus
     the ``extra`` metadata. Training continued from it follows the same trajectory as uninterrupted training."""
-    return _restore(_read(path), path, device, dtype, with_optimizer=True)
+    return _restore(path, device, dtype, with_optimizer=True)
 
 
 def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
     """Copy a checkpoint's parameters, buffers and layers' random states into ``model`` (and its optimiser state
     into ``optimizer``).
 
-    The file must fit: same layer types, same tensor names and shapes; otherwise `CheckpointError` names the
-    difference and nothing is changed. Returns the checkpoint's ``extra`` metadata.
+    The file must fit: same layer types, same tensor names and shapes, an optimiser state (step counts,
+    hyper-parameters, slots) that fits ``optimizer`` and the parameters; otherwise `CheckpointError` names the
+    difference. Everything is checked before anything is written, so a refused file changes nothing. Returns the
+    checkpoint's ``extra`` metadata.
     """
+    _check_model(model, "load_into", "(model, path, optimizer=None)")
+    _check_path(path, "load_into")
+    if optimizer is not None:
+        instance(optimizer, Optimizer, "load_into's optimizer", "a backprop optimiser (or None)")
+        _check_optimizer_owns(model, optimizer)
     document, tensors = _read(path)
-    saved_types, model_types = _layer_types(_architecture(document, path)[0]), _layer_types(model.layers)
+    with _file_errors(path, "does not describe a model this backprop can rebuild"), \
+            allocation_budget(_budget(document)):
+        saved_types, model_types = _layer_types(_architecture(document, path)[0]), _layer_types(model.layers)
     if saved_types != model_types:
         raise CheckpointError(f"{path} holds another architecture: layers {saved_types}, the model has {model_types}")
     _check_fit(model, tensors, path)
     if optimizer is not None:
-        _check_optimizer_owns(model, optimizer)
         _check_optimizer_type(document, type(optimizer).__name__, path)
+        _check_optimizer_state(model, optimizer, document["optimizer"], tensors, path)
     _restore_random_states(model, document, path)
     model.load_state_dict({name: host for name, (role, host) in tensors.items() if role in ("parameter", "buffer")})
     if optimizer is not None:
@@ -259,22 +335,26 @@ def load_into(model: Any, path: PathLike, optimizer: Any = None) -> dict:
     return document["extra"]
 
 
-def _restore(
-    parsed: tuple[dict, dict], path: PathLike, device: "str | Backend | None", dtype: str | None, with_optimizer: bool
-) -> Checkpoint:
-    from backprop.model import Sequential, release
+def _restore(path: PathLike, device: "str | Backend | None", dtype: str | None, with_optimizer: bool) -> Checkpoint:
+    from backprop.model import Sequential
 
-    document, tensors = parsed
+    _check_path(path, "load")
+    backend = get_backend("cpu" if device is None else device)  # the caller's arguments fail as themselves
+    dtype = None if dtype is None else float_dtype_name(dtype)
+    document, tensors = _read(path)
     described = document["model"]
-    layers, declared = _architecture(document, path)
-    built_for = described.get("input_shape")  # format 2: the shape the model was built for
-    try:
-        model = Sequential(*layers, input_shape=declared, device=device or "cpu", dtype=dtype or described["dtype"],
-                           seed=described.get("seed"))
-        if not model.built and built_for is not None:  # built from its first batch: no layer declares the shape
-            model.build(built_for)
-    except (ShapeError, ConfigurationError) as error:
-        raise CheckpointError(f"{path}: the saved layers do not chain: {error}") from None
+    dtype = dtype or described["dtype"]
+    backend.dtype(dtype)  # a device without the saved dtype: DeviceError naming the dtype= fix
+    with _file_errors(path, "does not describe a model this backprop can rebuild"), \
+            allocation_budget(_budget(document)):
+        layers, declared = _architecture(document, path)
+        built_for = described.get("input_shape")  # format 2: the shape the model was built for
+        try:
+            model = Sequential(*layers, input_shape=declared, device=backend, dtype=dtype, seed=described.get("seed"))
+            if not model.built and built_for is not None:  # built from its first batch: no layer declares the shape
+                model.build(built_for)
+        except (ShapeError, ConfigurationError) as error:
+            raise CheckpointError(f"{path}: the saved layers do not chain: {error}") from None
     if not model.built:  # only a file of format 1 whose layers declare no input width, and so have no parameters
         if tensors:
             raise CheckpointError(f"{path} holds tensors but no input shape to build its model for")
@@ -288,8 +368,51 @@ def _restore(
     optimizer = None
     if with_optimizer and document["optimizer"] is not None:
         optimizer = _build_optimizer(model, document["optimizer"], path)
+        _check_optimizer_state(model, optimizer, document["optimizer"], tensors, path)
         _restore_slots(model, tensors)
     return Checkpoint(model=model, optimizer=optimizer, extra=document["extra"])
+
+
+def _budget(document: dict) -> int:
+    """Host bytes that rebuilding the saved architecture may draw: a small multiple of the payload (float64 draws
+    for float32 tensors) plus 1 MiB for layers without tensors."""
+    return 8 * int(document["payload_length"]) + 2**20
+
+
+@contextlib.contextmanager
+def _file_errors(path: PathLike, what: str) -> Iterator[None]:
+    """Turn any failure while rebuilding from a file's contents into `CheckpointError` naming the file: JSON that
+    passed the structural checks can still hold values a layer or optimiser refuses."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (BackpropError, TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError,
+            RecursionError, MemoryError) as error:
+        raise CheckpointError(f"{path} {what}: {type(error).__name__}: {error}") from None
+
+
+def _check_optimizer_state(model: Any, optimizer: Any, state: dict, tensors: dict, path: PathLike) -> None:
+    """Refuse an optimiser state that does not fit ``optimizer`` (type, counts, hyper-parameters, validated on a
+    shallow copy, so ``optimizer`` is untouched) or whose slots do not fit its step counts: every parameter the
+    optimiser has updated needs the same set of slots, one never updated has none."""
+    probe = copy.copy(optimizer)
+    with _file_errors(path, "holds an optimiser state that does not fit"):
+        probe.load_state_dict({**state, **_hyperparameters(state)})
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    slots: dict[str, set] = {}
+    for name, (role, _) in tensors.items():
+        if role == "state":
+            owner, _, slot = name.partition(_STATE)
+            slots.setdefault(owner, set()).add(slot)
+    updated = {names[id(p)]: count for p, count in zip(probe.params, probe.parameter_steps)}
+    kinds = {frozenset(slots.get(name, ())) for name, count in updated.items() if count > 0}
+    unexpected = sorted(name for name, count in updated.items() if count == 0 and slots.get(name))
+    if len(kinds) > 1 or unexpected or set(slots) - set(updated):
+        raise CheckpointError(
+            f"{path}: the optimiser slots do not fit its step counts: parameters updated {updated}, slots "
+            f"{ {name: sorted(found) for name, found in slots.items()} }; the file is corrupted or was edited"
+        )
 
 
 def _layer_types(layers: list) -> list[str]:
@@ -336,9 +459,7 @@ def _optimizer_class(name: Any, path: PathLike) -> type:
 
 def _build_optimizer(model: Any, state: dict, path: PathLike) -> Any:
     cls = _optimizer_class(state.get("type"), path)
-    # JSON turns tuples (Adam's betas) into lists: hyper-parameters are scalars or tuples, so lists go back to tuples.
-    bookkeeping = ("type", "steps", "parameter_steps")
-    hyperparameters = {k: tuple(v) if isinstance(v, list) else v for k, v in state.items() if k not in bookkeeping}
+    hyperparameters = _hyperparameters(state)
     try:
         optimizer = cls(model.parameters(), **hyperparameters)
     except (TypeError, ValueError) as error:
@@ -347,6 +468,13 @@ def _build_optimizer(model: Any, state: dict, path: PathLike) -> Any:
         ) from None
     optimizer.load_state_dict({**state, **hyperparameters})
     return optimizer
+
+
+def _hyperparameters(state: dict) -> dict:
+    """The hyper-parameters of a saved optimiser state. JSON turns tuples (Adam's betas) into lists:
+    hyper-parameters are scalars or tuples, so lists go back to tuples."""
+    bookkeeping = ("type", "steps", "parameter_steps")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in state.items() if k not in bookkeeping}
 
 
 def _check_optimizer_type(document: dict, name: str, path: PathLike) -> None:
@@ -414,13 +542,20 @@ def _check_fit(model: Any, tensors: dict, path: PathLike) -> None:
 
 
 def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
-    """Parse and verify a checkpoint: (JSON document, {name: (role, host array)})."""
+    """Parse and verify a checkpoint: (JSON document, {name: (role, host array)}).
+
+    The memory it takes is bounded by the file's size: the bytes are read once, every tensor's byte range must lie
+    inside the payload, and the JSON document is checked field by field (`_check_document`) before any value of it
+    is used."""
+    _check_path(path, "load")
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path} is a directory, not a checkpoint file") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error}") from None
     if len(data) < _FIXED_HEADER.size:
         if MAGIC.startswith(data[: len(MAGIC)]):
             raise CheckpointError(
@@ -449,23 +584,106 @@ def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
     if zlib.crc32(header_json) != json_crc:
         raise CheckpointError(f"{path} is corrupted: the checksum of its JSON header does not match")
     try:
-        document = json.loads(header_json.decode("utf-8"))
-        if not isinstance(document, dict):
-            raise TypeError(f"the header is a JSON {type(document).__name__}, not an object")
-        absent = [key for key in ("model", "optimizer", "extra", "tensors", "payload_length") if key not in document]
-        if absent:
-            raise KeyError(f"missing {absent}")
-        payload_length = int(document["payload_length"])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        document = json.loads(header_json.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise CheckpointError(f"{path} has a malformed JSON header ({type(error).__name__}: {error})") from None
-    if document.get("format_version") != version:
-        raise CheckpointError(f"{path} is inconsistent: format version {version} in the header, "
-                              f"{document.get('format_version')!r} in its JSON")
+    _check_document(document, version, path)
+    payload_length = document["payload_length"]
     if len(data) != payload_start + payload_length:
         state = "truncated" if len(data) < payload_start + payload_length else "longer than its header says"
         raise CheckpointError(f"{path} is {state}: {len(data)} bytes, expected {payload_start + payload_length}")
     payload = memoryview(data)[payload_start:]
     return document, {entry["name"]: _tensor(entry, payload, path) for entry in _entries(document["tensors"], path)}
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a checkpoint holds")
+
+
+_ROLES = ("parameter", "buffer", "state")
+_ENTRY_KEYS = {"name", "role", "dtype", "shape", "offset", "length", "crc32"}
+_MAX_RANK = 32
+
+
+def _field(ok: bool, path: PathLike, where: str, expected: str, value: Any) -> None:
+    if not ok:
+        shown = repr(value)
+        raise CheckpointError(f"{path}: {where} must be {expected}, got "
+                              f"{shown if len(shown) <= 80 else type(value).__name__}")
+
+
+def _is_int(value: Any, low: int = 0, high: int | None = None) -> bool:
+    return type(value) is int and value >= low and (high is None or value < high)
+
+
+def _check_document(document: Any, version: int, path: PathLike) -> None:
+    """`CheckpointError` naming the first field of the JSON document whose type or range is wrong."""
+    _field(isinstance(document, dict), path, "the JSON header", "an object", document)
+    absent = [key for key in ("model", "optimizer", "extra", "tensors", "payload_length") if key not in document]
+    _field(not absent, path, "the JSON header", f"an object with the fields {absent}", sorted(document))
+    _field(document.get("format_version") == version, path, "format_version",
+           f"{version}, the version in the fixed header (the file is inconsistent)", document.get("format_version"))
+    _field(_is_int(document["payload_length"]), path, "payload_length", "an integer >= 0", document["payload_length"])
+    _field(isinstance(document["extra"], dict), path, "extra", "an object", document["extra"])
+    model = document["model"]
+    _field(isinstance(model, dict), path, "model", "an object", model)
+    _field(model.get("class") == "Sequential", path, "model.class", "'Sequential'", model.get("class"))
+    _field(model.get("dtype") in ("float32", "float64"), path, "model.dtype", "'float32' or 'float64'",
+           model.get("dtype"))
+    _field(model.get("seed") is None or _is_int(model.get("seed"), 0, 2**128), path, "model.seed",
+           "null or an integer >= 0", model.get("seed"))
+    _field(isinstance(model.get("random_states", {}), dict), path, "model.random_states", "an object",
+           model.get("random_states"))
+    shape = model.get("input_shape")
+    _field(shape is None or (isinstance(shape, list) and 0 < len(shape) <= _MAX_RANK
+                             and all(_is_int(n, 1) for n in shape)),
+           path, "model.input_shape", "null or a list of positive integers", shape)
+    if version == 1:
+        config = model.get("config")
+        _field(isinstance(config, dict) and isinstance(config.get("layers"), list), path, "model.config",
+               "an object with a list of layers", config)
+    else:
+        node = model.get("architecture")
+        _field(isinstance(node, dict) and node.get("type") == "Sequential" and isinstance(node.get("config"), dict),
+               path, "model.architecture", "a Sequential node {'type': 'Sequential', 'config': {...}}", node)
+    _check_optimizer_document(document["optimizer"], path)
+    table = document["tensors"]
+    _field(isinstance(table, list), path, "tensors", "a list of entries", table)
+    for index, entry in enumerate(table):
+        where = f"tensors[{index}]"
+        _field(isinstance(entry, dict) and set(entry) == _ENTRY_KEYS, path, where,
+               f"an object with exactly the fields {sorted(_ENTRY_KEYS)}", entry)
+        _field(isinstance(entry["name"], str) and 0 < len(entry["name"]) <= 1000, path, f"{where}.name",
+               "a non-empty string", entry["name"])
+        where = f"tensor {entry['name']!r} (tensors[{index}])"
+        _field(entry["role"] in _ROLES, path, f"{where}.role", f"one of {_ROLES}", entry["role"])
+        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES:  # an object dtype ("|O") would make NumPy read pointers
+            raise CheckpointError(f"{path}: tensor {entry['name']!r} has dtype {entry['dtype']!r}; readable dtypes: "
+                                  f"{sorted(_DTYPES)}")
+        _field(isinstance(entry["shape"], list) and len(entry["shape"]) <= _MAX_RANK
+               and all(_is_int(n) for n in entry["shape"]), path, f"{where}.shape",
+               "a list of integers >= 0", entry["shape"])
+        for key in ("offset", "length"):
+            _field(_is_int(entry[key]), path, f"{where}.{key}", "an integer >= 0", entry[key])
+        _field(_is_int(entry["crc32"], 0, 2**32), path, f"{where}.crc32", "an integer in [0, 2**32)", entry["crc32"])
+
+
+def _check_optimizer_document(state: Any, path: PathLike) -> None:
+    """The optimiser's state: null, or type, step counts and hyper-parameters (numbers, booleans, short lists)."""
+    if state is None:
+        return
+    _field(isinstance(state, dict), path, "optimizer", "null or an object", state)
+    _field(isinstance(state.get("type"), str), path, "optimizer.type", "the name of an optimiser", state.get("type"))
+    _field(_is_int(state.get("steps")), path, "optimizer.steps", "an integer >= 0", state.get("steps"))
+    steps = state.get("parameter_steps", [])
+    _field(isinstance(steps, list) and all(_is_int(n) for n in steps), path, "optimizer.parameter_steps",
+           "a list of integers >= 0", steps)
+    for key, value in state.items():
+        if key in ("type", "steps", "parameter_steps"):
+            continue
+        scalar = lambda v: isinstance(v, (bool, int, float)) and (type(v) is not float or math.isfinite(v))  # noqa: E731
+        _field(scalar(value) or (isinstance(value, list) and len(value) <= 16 and all(map(scalar, value))),
+               path, f"optimizer.{key}", "a finite number, a boolean or a short list of numbers", value)
 
 
 def _entries(table: Any, path: PathLike) -> list[dict]:

@@ -374,7 +374,7 @@ def test_a_corrupted_random_state_is_refused_and_changes_nothing(change, message
 def test_random_states_that_are_not_an_object_are_refused(tmp_path):
     path = bp.save(make_dropout_model(), tmp_path / "m.bpk")
     rewrite_header(path, lambda document: document["model"].update(random_states=[None, {}, None]))
-    with pytest.raises(CheckpointError, match=r"random states are \[None, \{\}, None\], not a \{layer path: state\}"):
+    with pytest.raises(CheckpointError, match=r"model.random_states must be an object, got \[None, \{\}, None\]"):
         bp.load_checkpoint(path)
 
 

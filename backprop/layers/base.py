@@ -40,6 +40,7 @@ samples of the batch (batch statistics) sets ``mixes_samples = True``; such a mo
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 from typing import Any, Callable, ContextManager, Iterator
@@ -120,6 +121,21 @@ class Layer:
     def place(self, backend: Any, dtype: Any) -> None:
         """Record the backend and dtype the layer computes with (``build`` and ``model.to`` call it)."""
         self.backend, self.dtype = backend, dtype
+
+    def reserve(self, *shapes: Shape) -> None:
+        """Declare, before drawing them, the shapes of the host arrays ``build`` is about to create (parameters
+        and buffers): within an `allocation_budget` a build that would exceed it is refused before allocating.
+        Layers whose parameters can be large call it first thing in ``build``."""
+        budget = _BUDGET.get()
+        if budget is None:
+            return
+        need = 8 * sum(math.prod(shape) for shape in shapes)
+        if need > budget[0]:
+            raise ConfigurationError(
+                f"{self!r} would allocate {need:,} bytes for shapes {list(shapes)}, more than the {budget[0]:,} bytes "
+                "left of this build's allocation budget"
+            )
+        budget[0] -= need
 
     def add_parameter(self, name: str, host_value: np.ndarray) -> Parameter:
         parameter = Parameter(name, self.backend.to_device(host_value, self.dtype), self.backend)
@@ -222,6 +238,22 @@ class Layer:
     def __repr__(self) -> str:
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({arguments})"
+
+
+_BUDGET: contextvars.ContextVar["list[int] | None"] = contextvars.ContextVar("allocation budget", default=None)
+
+
+@contextlib.contextmanager
+def allocation_budget(nbytes: int) -> Iterator[None]:
+    """Within the block, building layers may draw at most ``nbytes`` of host memory for parameters and buffers
+    (counted as float64, 8 bytes per element): `Layer.reserve` raises `ConfigurationError` before a draw that
+    would exceed it. The checkpoint loader builds a saved architecture this way, with a budget proportional to
+    the file's size, so a small file that declares a huge layer cannot make it allocate."""
+    token = _BUDGET.set([int(nbytes)])
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
 
 
 def shape_mismatch(who: str, expected: Shape, got: Shape, source: str) -> ShapeError:

@@ -57,6 +57,7 @@ class BatchNorm1d(Layer):
     def build(self, input_shape, backend, dtype, rng):
         output_shape = super().build(input_shape, backend, dtype, rng)
         shape = (self.num_features,)
+        self.reserve(shape, shape, shape, shape)
         self.buffers["running_mean"] = backend.to_device(np.zeros(shape), dtype)
         self.buffers["running_var"] = backend.to_device(np.ones(shape), dtype)
         if self.affine:

@@ -41,6 +41,7 @@ class Dense(Layer):
         super().build(input_shape, backend, dtype, rng)
         shape = (self.in_features, self.out_features)
         fan_in, fan_out = shape
+        self.reserve(shape, (self.out_features,))
         self.add_parameter("weight", initialisers.get(self.init)(rng, shape, fan_in, fan_out))
         if self.bias:
             self.add_parameter("bias", initialisers.get(self.bias_init)(rng, (self.out_features,), fan_in, fan_out))

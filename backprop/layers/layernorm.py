@@ -33,6 +33,7 @@ class LayerNorm(Layer):
     def build(self, input_shape, backend, dtype, rng):
         super().build(input_shape, backend, dtype, rng)
         if self.elementwise_affine:
+            self.reserve((self.num_features,), (self.num_features,))
             self.add_parameter("weight", np.ones((self.num_features,)))
             self.add_parameter("bias", np.zeros((self.num_features,)))
         return (self.num_features,)
