@@ -117,7 +117,7 @@ class Sequential(Layer):
             backend, dtype, rng = self.backend, self._dtype, np.random.default_rng(self.seed)
         self._built_shape = None
         declared = self._declared_shape
-        shape = as_shape(input_shape, "input_shape")
+        shape = input_shape = as_shape(input_shape, "input_shape")
         if declared is not None and declared != shape:
             raise shape_mismatch(f"this Sequential (input_shape={declared})", declared, shape, "its input has")
         self.place(backend, dtype)
@@ -133,7 +133,7 @@ class Sequential(Layer):
                 raise ShapeError(f"layer {index} ({type(layer).__name__}): {error}") from None
             shapes.append(shape)
         self._shapes, self.output_shape = shapes, shape
-        self._built_shape = tuple(input_shape)
+        self._built_shape = input_shape
         if outermost:
             for name, parameter in self.named_parameters():
                 parameter.name = name
@@ -278,7 +278,7 @@ class Sequential(Layer):
         shape, index = _declared_by(self.layers)
         if shape is not None:
             return f"layer {index} ({self.layers[index]!r})"
-        return f"the model (built for the per-sample shape {self._built_shape} of its first batch)"
+        return f"layer 0 ({self.layers[0]!r}, built for the per-sample shape {self._built_shape} of the first batch)"
 
     def forward(self, x: Any, training: bool = False) -> tuple[Any, Callable[..., Any]]:
         """Return ``(output, backward)``; ``backward(grad_output)`` accumulates every parameter's ``.grad``

@@ -109,6 +109,7 @@ def test_a_later_batch_with_another_per_sample_shape_names_both_shapes_and_the_r
     with pytest.raises(ShapeError) as excinfo:
         model.predict(np.zeros((2, 64)))
     message = str(excinfo.value)
+    assert message.startswith("layer 0 (Flatten(), built for the per-sample shape (1, 8, 8) of the first batch)")
     assert "(n, 1, 8, 8)" in message and "(2, 64)" in message and "use x.reshape(-1, 1, 8, 8)" in message
     with pytest.raises(ShapeError, match=r"input_shape=\(1, 8, 8\).*\(3, 8, 8\)"):
         bp.Sequential(bp.Flatten(), bp.Dense(64, 2), input_shape=(1, 8, 8)).predict(np.zeros((3, 8, 8)))
