@@ -173,13 +173,29 @@ def check_finite(array: Any, backend: Any, what: str = "input") -> None:
     with backend.activate():
         finite = bool(xp.all(xp.isfinite(array)))
     if not finite:
-        host = backend.to_numpy(array)
-        bad = int(np.count_nonzero(~np.isfinite(host)))
-        first = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
-        raise NonFiniteError(
-            f"{what} contains {bad} NaN or infinite value(s), the first at index {first}; "
-            "clean or impute the data before training"
-        )
+        _refuse_non_finite(backend.to_numpy(array), what)
+
+
+def checked_on_host(data: Any, dtype: str, what: str) -> tuple[Any, bool]:
+    """``(data, checked)``: a host NumPy float array is cast to the model's ``dtype`` (``"float32"``/``"float64"``)
+    and checked for NaN/inf on the host, before it is copied, so the check reads nothing back from the device
+    (a streamed batch would otherwise cost a wait per batch); anything else comes back unchecked, for
+    `check_finite` on the device."""
+    if type(data) is not np.ndarray or data.dtype.kind != "f":
+        return data, False
+    data = data.astype(dtype, copy=False)  # values that overflow the cast are caught here too
+    if not np.all(np.isfinite(data)):
+        _refuse_non_finite(data, what)
+    return data, True
+
+
+def _refuse_non_finite(host: np.ndarray, what: str) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(host)))
+    first = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
+    raise NonFiniteError(
+        f"{what} contains {bad} NaN or infinite value(s), the first at index {first}; "
+        "clean or impute the data before training"
+    )
 
 
 def check_batch(x: Any, expected: "tuple[int, ...] | None", where: str, what: str = "input") -> None:

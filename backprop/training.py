@@ -62,8 +62,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from backprop.backends import get_backend
 from backprop.callbacks import HOOKS, Callback
-from backprop.data import check_finite, is_source, to_backend
+from backprop.data import check_finite, checked_on_host, is_source, to_backend
 from backprop.distributed import Communicator
 from backprop.errors import ArgumentTypeError, BackpropError, ConfigurationError, DivergenceError, ShapeError
 from backprop.gradients import loss_and_backward
@@ -251,19 +252,26 @@ class _Progress:
 
 
 def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, Any]:
-    """(inputs, prepared targets) on the model's device, checked for shape and NaN/inf; one copy each."""
+    """(inputs, prepared targets) on the model's device, checked for shape, NaN/inf and the loss's target domain;
+    one copy each. Host NumPy data are checked on the host before their copy, so a streamed batch costs no wait
+    for the device: the targets are prepared (reshaped, one-hot, checked) by NumPy and copied prepared."""
     backend = model.backend
+    x, inputs_checked = checked_on_host(x, model.dtype, f"{what} inputs")
     inputs = model.as_input(x)
-    check_finite(inputs, backend, f"{what} inputs")
-    with backend.activate():
-        raw = to_backend(y, backend, model._dtype, what=f"{what} targets", integral_ok=True)
-    check_finite(raw, backend, f"{what} targets")
+    if not inputs_checked:
+        check_finite(inputs, backend, f"{what} inputs")
+    host_targets = type(y) is np.ndarray and not backend.owns(y)
+    where = get_backend("cpu") if host_targets else backend
+    dtype = where.dtype(model.dtype)
+    with where.activate():
+        raw = to_backend(y, where, dtype, what=f"{what} targets", integral_ok=True)
+    check_finite(raw, where, f"{what} targets")
     samples = inputs.shape[0]
     if len(raw.shape) == 0 or raw.shape[0] != samples:
         raise ShapeError(f"{what} inputs have {samples} samples but the targets have shape {tuple(raw.shape)}; "
                          "give one target (row) per sample")
-    targets = loss.prepare_target(raw, backend, model._dtype, (samples, *model.output_shape))
-    return inputs, targets
+    targets = loss.prepare_target(raw, where, dtype, (samples, *model.output_shape))
+    return inputs, (backend.to_device(targets, model._dtype) if host_targets else targets)
 
 
 _FINITE = "parameters finite"  # the per-epoch read's entry: 1 for each parameter with only finite values

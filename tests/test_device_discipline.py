@@ -115,6 +115,22 @@ def test_training_runs_in_context_with_one_host_read_per_epoch(name):
 
 
 @pytest.mark.parametrize("name", list(STEP_OPS))
+def test_streamed_training_checks_each_host_batch_on_the_host(name):
+    """fit over a BatchLoader: each batch is copied (inputs and prepared targets), but checked for NaN/inf and
+    for the loss's target domain on the host, so a step still reads nothing back from the device."""
+    layers, loss, optimizer_factory, kind, _ = _workloads()[name]
+    model = bp.Sequential(*layers(), device=DEVICE, seed=0, input_shape=(3,))
+    x, y = _data(model.out_features, kind)
+    loader = bp.data.BatchLoader(x, y, batch_size=6, seed=0)
+    profile = rb.profile_fit(model, loader, None, loss, optimizer_factory(model.parameters()), epochs=2)
+    assert rb.outside_context(profile.events) == []
+    dropouts = sum(isinstance(layer, bp.Dropout) for layer in model.layers)
+    for step in (s for epoch in profile.steps for s in epoch):
+        assert step.reads == [] and step.copies == ["to_device"] * (2 + dropouts)
+    assert all(reads == ["to_numpy"] for reads in profile.epoch_reads)
+
+
+@pytest.mark.parametrize("name", list(STEP_OPS))
 def test_operations_per_step_are_pinned(name):
     _, profile = _profile(name)
     assert rb.steady_step_counts(profile).total() == STEP_OPS[name]
