@@ -183,10 +183,12 @@ def checked_on_host(data: Any, dtype: str, what: str) -> tuple[Any, bool]:
     `check_finite` on the device."""
     if type(data) is not np.ndarray or data.dtype.kind != "f":
         return data, False
-    data = data.astype(dtype, copy=False)  # values that overflow the cast are caught here too
-    if not np.all(np.isfinite(data)):
+    if not np.all(np.isfinite(data)):  # checked before the cast, so an overflowing cast is not taken for NaN/inf
         _refuse_non_finite(data, what)
-    return data, True
+    _check_range(data, np.finfo(dtype), dtype, what)
+    if data.dtype.itemsize > 8:  # long double: no array library takes it, and float64 holds what fits dtype
+        data = data.astype(np.float64)
+    return data.astype(dtype, copy=False), True
 
 
 def _refuse_non_finite(host: np.ndarray, what: str) -> None:
