@@ -10,7 +10,9 @@ The base class is the array-API reference for everything the core asks of a back
 * ``synchronize()``: waits for queued device work (for timing; the reference has none to wait for);
 * ``copy(array)``: a new array with the same values, which nothing else holds;
 * ``matmul(left, right, out=None)`` and ``subtract_scaled(target, scale, update)``: the two hot operations of a
-  training step whose array-API form allocates a parameter-sized array.
+  training step whose array-API form allocates a parameter-sized array;
+* ``conv2d`` and ``max_pool2d``: methods whose body here is the array-API reference (`backprop.convolution`,
+  `backprop.pooling`); a library with its own kernels overrides them in its module (torch: `TorchBackend`).
 
 One subclass per array library, in that library's module (``numpy_backend.py``, ``torch_backend.py``, ...),
 overrides only what the library does faster or differently. **A fast path is a method override**: the base
@@ -30,12 +32,14 @@ result, and callers use what it returns.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import array_api_compat
 import numpy as np
 
+from backprop.convolution import conv2d as reference_conv2d
 from backprop.errors import DeviceError, DTypeError
+from backprop.pooling import max_pool2d as reference_max_pool2d
 
 _FLOAT_DTYPES = ("float32", "float64")
 _NO_CONTEXT = contextlib.nullcontext()  # reusable and reentrant: one object for every backend without a context
@@ -142,6 +146,16 @@ class Backend:
         """target - scale * update; returns the result. The reference makes a new array (it works on immutable
         arrays); subclasses with mutable arrays write it into ``target`` and return ``target``."""
         return target - scale * update
+
+    # -- convolution and pooling: the array-API reference, overridden by a library kernel where one exists -----
+    def conv2d(self, x: Any, weight: Any, bias: Any, window: Any) -> tuple[Any, Callable[..., Any]]:
+        """``(y, backward)`` of a 2-D convolution, ``backward(dy, need_dx=True) -> (dx or None, dweight, dbias or
+        None)``: `backprop.convolution.conv2d` (im2col and one matrix product per block) on this namespace."""
+        return reference_conv2d(self.xp, x, weight, bias, window)
+
+    def max_pool2d(self, x: Any, window: Any) -> tuple[Any, Callable[[Any], Any]]:
+        """``(y, backward)`` of 2-D max pooling, ``backward(dy) -> dx``: `backprop.pooling.max_pool2d`."""
+        return reference_max_pool2d(self.xp, x, window)
 
 
 def host_copy(array: Any) -> np.ndarray:

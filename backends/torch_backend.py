@@ -1,11 +1,12 @@
 """PyTorch tensors through array-api-compat: ``"torch"`` / ``"torch:cpu"``, ``"torch:cuda"``, ``"torch:cuda:N"``.
 
-Only PyTorch's arrays and BLAS are used; none of its autograd (every tensor is created without ``requires_grad``).
+PyTorch's arrays and BLAS are used, and its convolution and max-pooling kernels (`TorchBackend`); none of its
+autograd (every tensor is created without ``requires_grad``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import array_api_compat
 import numpy as np
@@ -20,7 +21,15 @@ FORMS = ("torch:cuda:N",)
 
 
 class TorchBackend(Backend):
-    """Tensors are mutable and ``torch.matmul`` takes ``out=``: both hot operations write in place."""
+    """Tensors are mutable and ``torch.matmul`` takes ``out=``: both hot operations write in place.
+
+    2-D convolution and max pooling go through PyTorch's kernels instead of the array-API reference: forward
+    ``torch.nn.functional.conv2d`` and ``aten::max_pool2d_with_indices``; backward ``aten::convolution_backward``
+    (the op PyTorch's autograd calls for ``conv2d``, asked only for the gradients needed) and
+    ``aten::max_pool2d_with_indices_backward`` (the gradient goes to the index the forward chose: the first maximum
+    of each window, as in the reference). No tensor requires grad, so no autograd graph is built. On the CPU these
+    are oneDNN's (or PyTorch's own im2col) kernels; on CUDA, cuDNN's. The reference stays in
+    `backprop.convolution` / `backprop.pooling`, and ``tests/test_conv_fast_path.py`` compares the two."""
 
     library = "torch"
     writes_matmul_into_out = True
@@ -47,6 +56,39 @@ class TorchBackend(Backend):
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         return target.sub_(update, alpha=scale)
+
+    def conv2d(self, x: Any, weight: Any, bias: Any, window: Any) -> tuple[Any, Callable[..., Any]]:
+        import torch
+
+        (top, bottom), (left, right) = window.padding
+        symmetric = top == bottom and left == right  # PyTorch's padding argument is symmetric per axis
+        padded = x if symmetric else torch.nn.functional.pad(x, (left, right, top, bottom))
+        padding = [top, left] if symmetric else [0, 0]
+        stride, dilation = list(window.stride), list(window.dilation)
+        y = torch.nn.functional.conv2d(padded, weight, bias, stride, padding, dilation)
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, Any, Any]:
+            dx, dweight, dbias = torch.ops.aten.convolution_backward(
+                dy, padded, weight, None if bias is None else [weight.shape[0]], stride, padding, dilation,
+                False, [0, 0], 1, [need_dx, True, bias is not None])
+            if need_dx and not symmetric:
+                dx = dx[:, :, top:top + x.shape[2], left:left + x.shape[3]]
+            return dx, dweight, dbias
+
+        return y, backward
+
+    def max_pool2d(self, x: Any, window: Any) -> tuple[Any, Callable[[Any], Any]]:
+        import torch
+
+        kernel, stride, dilation = list(window.kernel), list(window.stride), list(window.dilation)
+        padding = [window.padding[0][0], window.padding[1][0]]  # pooling pads symmetrically
+        y, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, dilation, False)
+
+        def backward(dy: Any) -> Any:
+            return torch.ops.aten.max_pool2d_with_indices_backward(dy, x, kernel, stride, padding, dilation, False,
+                                                                   indices)
+
+        return y, backward
 
 
 class TorchCudaBackend(TorchBackend):

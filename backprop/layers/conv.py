@@ -1,4 +1,5 @@
-"""`Conv2d`: 2-D convolution over (N, C, H, W) image batches; the math is `backprop.convolution.conv2d`.
+"""`Conv2d`: 2-D convolution over (N, C, H, W) image batches, computed by the backend's ``conv2d``: the array-API
+reference `backprop.convolution.conv2d`, or a library's own kernel where its backend has one (torch).
 
 y[n, o] = b[o] + sum_c K[o, c] (*) x_pad[n, c] (cross-correlation with stride and dilation), per-sample shape
 (C, H, W) -> (O, H_out, W_out); the gradients dL/dK, dL/db and dL/dx are derived in `backprop.convolution`.
@@ -9,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from backprop import init as initialisers
-from backprop.convolution import conv2d
 from backprop.errors import ConfigurationError
 from backprop.layers.base import Layer
 from backprop.layers.images import check_images, check_window, pair
@@ -73,7 +73,7 @@ class Conv2d(Layer):
 
     def forward(self, x: Any, training: bool = False):
         weight, bias = self.params["weight"], self.params.get("bias")
-        y, conv_backward = conv2d(self.backend.xp, x, weight.value, None if bias is None else bias.value, self.window)
+        y, conv_backward = self.backend.conv2d(x, weight.value, None if bias is None else bias.value, self.window)
 
         def backward(dy: Any, need_dx: bool = True) -> Any:
             dx, dweight, dbias = conv_backward(dy, need_dx)

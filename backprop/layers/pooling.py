@@ -8,7 +8,7 @@ from typing import Any
 from backprop.errors import ConfigurationError
 from backprop.layers.base import Layer
 from backprop.layers.images import check_images, check_window, pair
-from backprop.pooling import avg_pool2d, max_pool2d
+from backprop.pooling import avg_pool2d
 from backprop.windows import Window
 
 
@@ -41,14 +41,15 @@ class _Pool2d(Layer):
 
 
 class MaxPool2d(_Pool2d):
-    """``MaxPool2d(kernel_size, stride=None, padding=0)``: the largest value of each window (padding is -inf).
+    """``MaxPool2d(kernel_size, stride=None, padding=0)``: the largest value of each window (padding is -inf),
+    computed by the backend's ``max_pool2d`` (the reference `backprop.pooling.max_pool2d`, or torch's kernel).
 
     dL/dx: each window's gradient goes to the first element, in row-major order, that holds the window's maximum
     (ties included), as PyTorch routes it; the others get 0.
     """
 
     def forward(self, x: Any, training: bool = False):
-        y, pool_backward = max_pool2d(self.backend.xp, x, self.window)
+        y, pool_backward = self.backend.max_pool2d(x, self.window)
         return y, lambda dy, need_dx=True: pool_backward(dy) if need_dx else None
 
 
