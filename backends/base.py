@@ -119,6 +119,11 @@ class Backend:
             return False
         return namespace is self.xp and array_api_compat.device(array) == self.device
 
+    def detached(self, array: Any) -> Any:
+        """``array`` cut from any autodiff graph its library records (the reference: the array itself). The
+        core does its own backpropagation; an input that records a graph would pull the parameters into it."""
+        return array
+
     @classmethod
     def claims(cls, array: Any) -> bool:
         """Whether ``array`` belongs to this class's library: `backends.to_numpy` asks each registered class and

@@ -41,7 +41,15 @@ class TorchBackend(Backend):
         self._torch = torch
 
     def owns(self, array: Any) -> bool:
-        return isinstance(array, self._torch.Tensor) and array.device == self.device
+        """A tensor on this device that records no autograd graph (one with ``requires_grad`` is `detached`)."""
+        return isinstance(array, self._torch.Tensor) and array.device == self.device and not array.requires_grad
+
+    def detached(self, array: Any) -> Any:
+        """``array.detach()`` for a tensor with ``requires_grad``: used as an input as it is, it would make every
+        parameter it meets record a graph (``grad_fn``), and the next in-place update or ``matmul(out=)`` fail."""
+        if isinstance(array, self._torch.Tensor) and array.requires_grad:
+            return array.detach()
+        return array
 
     @classmethod
     def claims(cls, array: Any) -> bool:

@@ -92,6 +92,7 @@ def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", inte
     rather than becoming infinities.
     """
     xp = backend.xp
+    data = backend.detached(data)  # an autodiff-tracked tensor would pull the parameters into its graph
     if backend.owns(data) and not isinstance(data, np.ma.MaskedArray):
         if xp.isdtype(data.dtype, "real floating"):
             return data if data.dtype == dtype else _narrowed(backend, data, dtype, what)

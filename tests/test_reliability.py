@@ -550,3 +550,23 @@ def test_numpy_dtypes_are_accepted():
     for given in (np.float32, np.dtype("float32"), "float32"):
         assert bp.Sequential(bp.Dense(3, 2), dtype=given).dtype == "float32"
     assert bp.Sequential(bp.Dense(3, 2), seed=0).to("cpu", dtype=np.float64).dtype == "float64"
+
+
+def test_a_tensor_that_requires_grad_is_detached_at_the_boundary(torch):
+    """Issue 13, item 12: such an input used to give the parameters a grad_fn, and every later fit failed."""
+    model = bp.Sequential(bp.Dense(2, 3), bp.ReLU(), bp.Dense(3, 1), device="torch:cpu", dtype="float64", seed=0)
+    reference = bp.Sequential(bp.Dense(2, 3), bp.ReLU(), bp.Dense(3, 1), device="torch:cpu", dtype="float64", seed=0)
+    x_host = np.random.default_rng(0).standard_normal((8, 2))
+    y = np.random.default_rng(1).standard_normal((8, 1))
+    tracked = torch.tensor(x_host, requires_grad=True)
+    for net, x in ((model, tracked), (reference, x_host)):
+        net.fit(x, y, bp.losses.MeanSquaredError(), bp.optim.SGD(net.parameters(), lr=0.1), epochs=2, batch_size=4, seed=0,
+                verbose=0)
+    assert all(p.value.grad_fn is None and not p.value.requires_grad for p in model.parameters())
+    assert tracked.grad is None
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        np.testing.assert_array_equal(bp.to_numpy(ours.value), bp.to_numpy(theirs.value))
+    model.fit(x_host, y, bp.losses.MeanSquaredError(), bp.optim.SGD(model.parameters(), lr=0.1), epochs=1, verbose=0)
+    assert bp.to_numpy(model.predict(tracked)).shape == (8, 1)
+    value, grads = bp.value_and_grad(model, bp.losses.MeanSquaredError(), tracked, y)
+    assert np.isfinite(value) and all(np.isfinite(g).all() for g in grads.values())
