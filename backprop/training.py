@@ -183,23 +183,24 @@ def _copy(backend: Any, source: Any, previous: Any) -> Any:
             and previous.dtype == source.dtype:
         previous[...] = source
         return previous
-    return backend.xp.asarray(source, copy=True)
+    return backend.copy(source)
 
 
 class _Progress:
     """verbose=1: a tqdm bar (one printed line per epoch without tqdm); verbose=2: one printed line per epoch;
     verbose=0: silent.
 
-    With more than one batch per epoch, the bar counts the epoch's batches and shows the running loss (the
+    With more than one batch per epoch (or an unknown number, from a source), the bar counts the epoch's
+    batches and shows the running loss (the
     size-weighted mean of the epoch's batch losses so far); with one batch it counts epochs. The running loss is
     read from the device at most every ``refresh`` seconds (one stacked read of the losses not yet read), so a
     step costs no host read of its own and the device never waits per batch."""
 
     refresh = 0.5
 
-    def __init__(self, epochs: int, verbose: int, initial_epoch: int = 0, batches: int = 1) -> None:
+    def __init__(self, epochs: int, verbose: int, initial_epoch: int = 0, batches: int | None = 1) -> None:
         self.epochs, self.bar, self.lines = epochs, None, verbose == 2
-        self.per_batch = batches > 1
+        self.per_batch = batches is None or batches > 1  # None: a source whose length is unknown
         self.tqdm: Any = None
         if verbose == 1:
             try:
@@ -218,7 +219,7 @@ class _Progress:
                                  leave=True)
             self.read, self.total, self.rows, self.last = 0, 0.0, 0, time.monotonic()
 
-    def batch(self, backend: Any, losses: list, sizes: list[int]) -> None:
+    def batch(self, backend: Any, losses: list, sizes: "Sequence[float]") -> None:
         """One step done: advance the bar; past ``refresh`` seconds, read the unread losses and show the mean."""
         if self.bar is None or not self.per_batch:
             return
@@ -443,7 +444,8 @@ def fit(
     batch_begin = _batch_hooks(callbacks, "on_train_batch_begin")
     batch_end = _batch_hooks(callbacks, "on_train_batch_end")
     step = 0
-    progress = _Progress(epochs, verbose, initial_epoch, len(bounds) if source is None else 2)
+    progress = _Progress(epochs, verbose, initial_epoch,
+                         len(bounds) if source is None else source.batches_per_epoch())
     snapshot = _Snapshot(model, optimizer)
     shuffling = shuffle and len(bounds) > 1
     for _ in range(initial_epoch if shuffling else 0):  # the orders the resumed epochs' predecessors saw
@@ -460,7 +462,6 @@ def fit(
             else:
                 batches = source.prepared(model, loss, "training")
             batch_losses, batch_metrics, batch_sizes = [], {}, []
-            bounds_sizes = [stop - start for start, stop in bounds]
             try:
                 for batch_inputs, batch_targets in batches:
                     for hook in batch_begin:
@@ -474,7 +475,7 @@ def fit(
                         for name, values in _evaluate(model, batch_inputs, batch_targets, None, named_metrics,
                                                       [(0, batch_inputs.shape[0])]).items():
                             batch_metrics.setdefault(name, []).extend(values)
-                    progress.batch(backend, batch_losses, batch_sizes if source is not None else bounds_sizes)
+                    progress.batch(backend, batch_losses, batch_sizes if source is not None else sizes)
             except BackpropError:  # a source's batch refused mid-epoch: the epoch's steps are undone
                 snapshot.restore()
                 raise
@@ -567,6 +568,12 @@ class _Source:
                 f"the {what} is a one-pass iterator ({type(data).__name__}), exhausted after one epoch: give "
                 "steps_per_epoch=, or a re-iterable source (an object whose __iter__ starts a new pass, such as "
                 "bp.data.BatchLoader)")
+
+    def batches_per_epoch(self) -> int | None:
+        """Batches per epoch where known (``steps_per_epoch``, else the source's ``len()``), else None."""
+        if self.steps is not None:
+            return self.steps
+        return len(self.data) if hasattr(self.data, "__len__") else None
 
     @classmethod
     def of(cls, x: Any, y: Any, steps_per_epoch: Any, what: str) -> "_Source | None":

@@ -98,3 +98,42 @@ def test_the_progress_bar_counts_batches_and_shows_the_running_loss(monkeypatch,
     np.testing.assert_allclose(shown[-1][1], history.history["loss"][0], rtol=1e-12)
     assert shown[1][1] != shown[0][1]
     assert "epoch 1/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["loader", "generator with steps", "iterable without length"])
+def test_a_streamed_fit_counts_its_batches_in_the_bar(monkeypatch, how):
+    """The bar's total is the source's length (``len()`` or ``steps_per_epoch``), or unknown (None) without one."""
+    pytest.importorskip("tqdm")
+    from backprop import training
+
+    totals = []
+    real_begin = training._Progress.begin_epoch
+
+    def spy(self, epoch):
+        real_begin(self, epoch)
+        totals.append((self.bar.total, self.bar))
+
+    monkeypatch.setattr(training._Progress, "begin_epoch", spy)
+    x = np.random.default_rng(5).standard_normal((10, 4))
+    y = np.random.default_rng(6).standard_normal((10, 3))
+    loader = bp.data.BatchLoader(x, y, batch_size=4, shuffle=False)
+    source, options, expected = {
+        "loader": (loader, {}, 3),
+        "generator with steps": ((batch for batch in list(loader)), {"steps_per_epoch": 3}, 3),
+        "iterable without length": (_NoLength(loader), {}, None),
+    }[how]
+    model = _model("cpu")
+    model.fit(source, None, bp.losses.MeanSquaredError(), bp.optim.SGD(model.parameters(), lr=0.05), epochs=1,
+              verbose=1, **options)
+    assert [total for total, _ in totals] == [expected]
+    assert totals[0][1].n == 3  # the bar advanced once per batch
+
+
+class _NoLength:
+    """A re-iterable source that does not know its length."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
