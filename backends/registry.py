@@ -45,8 +45,8 @@ def register_backend(prefix: str, factory: Factory, examples: Iterable[str] = ()
     """Make ``device="prefix"`` and ``device="prefix:argument"`` build a backend with ``factory(spec, argument)``.
 
     ``examples`` (and ``gpu_examples``, which need a GPU) are specifiers that `available` tries and that the
-    unknown-device message lists. The factory's backend class joins those `to_numpy` asks (through
-    ``Backend.claims``) when it is first built."""
+    unknown-device message lists. The classes of the built-in modules, and a factory's backend class once it
+    has built one, are those `to_numpy` asks (through ``Backend.claims``)."""
     if not isinstance(prefix, str) or not prefix or ":" in prefix:
         raise DeviceError(f"a backend prefix is a non-empty string without ':', got {prefix!r}")
     if not callable(factory):
@@ -59,6 +59,8 @@ def register_backend(prefix: str, factory: Factory, examples: Iterable[str] = ()
 
 def _register_module(name: str) -> None:
     module = importlib.import_module(f"{__package__}.{name}")
+    _CLASSES.extend(kind for kind in vars(module).values() if isinstance(kind, type) and issubclass(kind, Backend)
+                    and kind.__module__ == module.__name__)
     for prefix in module.PREFIXES:
         examples = [spec for spec in module.EXAMPLES if spec.partition(":")[0] == prefix]
         gpu = [spec for spec in module.GPU_EXAMPLES if spec.partition(":")[0] == prefix]
@@ -122,9 +124,4 @@ def to_numpy(array: object) -> np.ndarray:
     for kind in _CLASSES:
         if kind.claims(array):
             return kind.host(array)
-    for name in _MODULES:  # a library whose backend has not been built in this process yet
-        module = importlib.import_module(f"{__package__}.{name}")
-        for kind in vars(module).values():
-            if isinstance(kind, type) and issubclass(kind, Backend) and kind is not Backend and kind.claims(array):
-                return kind.host(array)
     return host_copy(array)

@@ -66,8 +66,7 @@ class TorchBackend(Backend):
         return target.sub_(update, alpha=scale)
 
     def conv2d(self, x: Any, weight: Any, bias: Any, window: Any) -> tuple[Any, Callable[..., Any]]:
-        import torch
-
+        torch = self._torch
         (top, bottom), (left, right) = window.padding
         symmetric = top == bottom and left == right  # PyTorch's padding argument is symmetric per axis
         padded = x if symmetric else torch.nn.functional.pad(x, (left, right, top, bottom))
@@ -86,8 +85,7 @@ class TorchBackend(Backend):
         return y, backward
 
     def max_pool2d(self, x: Any, window: Any) -> tuple[Any, Callable[[Any], Any]]:
-        import torch
-
+        torch = self._torch
         kernel, stride, dilation = list(window.kernel), list(window.stride), list(window.dilation)
         padding = [window.padding[0][0], window.padding[1][0]]  # pooling pads symmetrically
         y, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, dilation, False)

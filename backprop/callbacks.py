@@ -191,9 +191,9 @@ class GradientStats(Callback):
 
     def on_train_batch_begin(self, step: int) -> None:
         if self.updates and step % self.every == 0:
-            xp = self.model.backend.xp
-            with self.model.backend.activate():
-                self._previous = {name: xp.asarray(p.value, copy=True) for name, p in self.model.named_parameters()}
+            backend = self.model.backend
+            with backend.activate():
+                self._previous = {name: backend.copy(p.value) for name, p in self.model.named_parameters()}
 
     def on_train_batch_end(self, step: int) -> None:
         if step % self.every:

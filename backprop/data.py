@@ -125,10 +125,16 @@ def to_backend(data: Any, backend: Any, dtype: Any, *, what: str = "input", inte
             "e.g. numpy.asarray(data, dtype=float)"
         )
     if host.dtype.kind == "f":
-        _check_range(host, xp.finfo(dtype), dtype, what)
-        if host.dtype.itemsize > 8:  # long double: no array library takes it, and float64 holds what fits dtype
-            host = host.astype(np.float64)
+        host = _castable_floats(host, xp.finfo(dtype), dtype, what)
     return backend.to_device(host, dtype)
+
+
+def _castable_floats(host: np.ndarray, target: Any, dtype: Any, what: str) -> np.ndarray:
+    """Host floats ready to cast to ``dtype`` (whose ``finfo`` is ``target``): `CastOverflowError` for finite
+    values beyond its range; long double narrowed to float64 (no array library takes it, and float64 holds
+    whatever fits ``dtype``)."""
+    _check_range(host, target, dtype, what)
+    return host.astype(np.float64) if host.dtype.itemsize > 8 else host
 
 
 def _check_range(host: np.ndarray, target: Any, dtype: Any, what: str) -> None:
@@ -186,10 +192,7 @@ def checked_on_host(data: Any, dtype: str, what: str) -> tuple[Any, bool]:
         return data, False
     if not np.all(np.isfinite(data)):  # checked before the cast, so an overflowing cast is not taken for NaN/inf
         _refuse_non_finite(data, what)
-    _check_range(data, np.finfo(dtype), dtype, what)
-    if data.dtype.itemsize > 8:  # long double: no array library takes it, and float64 holds what fits dtype
-        data = data.astype(np.float64)
-    return data.astype(dtype, copy=False), True
+    return _castable_floats(data, np.finfo(dtype), dtype, what).astype(dtype, copy=False), True
 
 
 def _refuse_non_finite(host: np.ndarray, what: str) -> None:

@@ -112,6 +112,13 @@ def test_to_numpy_reads_every_library_through_its_class(backend):
     np.testing.assert_array_equal(bp.to_numpy(value.to_device(host, value.dtype("float32"))), host)
 
 
+def _run_from_checkout(script: str) -> str:
+    """Run ``script`` in a fresh interpreter with the repository root as its ``sys.argv[1]``; return its output."""
+    completed = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
 def test_import_backends_from_a_checkout_is_the_same_module():
     """With the repository root on sys.path, `import backends` hands back backprop.backends itself."""
     script = (
@@ -125,9 +132,7 @@ def test_import_backends_from_a_checkout_is_the_same_module():
         "model = bp.Sequential(bp.Dense(2, 1), device=backends.get_backend('cpu'))\n"
         "print('same module', model.device)\n"
     )
-    completed = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr
-    assert "same module cpu" in completed.stdout
+    assert "same module cpu" in _run_from_checkout(script)
 
 
 def test_import_backends_first_is_the_same_module_too():
@@ -138,8 +143,7 @@ def test_import_backends_first_is_the_same_module_too():
         "assert backends is real and backends.get_backend('cpu') is real.get_backend('cpu')\n"
         "print('ok')\n"
     )
-    completed = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr
+    assert _run_from_checkout(script).strip() == "ok"
 
 
 def test_backend_modules_import_no_array_library():
@@ -149,9 +153,7 @@ def test_backend_modules_import_no_array_library():
         "import backprop\n"
         "print(sorted(name for name in ('torch', 'cupy', 'jax', 'array_api_strict') if name in sys.modules))\n"
     )
-    completed = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "[]"
+    assert _run_from_checkout(script).strip() == "[]"
 
 
 def test_each_backend_module_declares_its_specifiers():

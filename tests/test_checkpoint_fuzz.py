@@ -327,7 +327,7 @@ def test_only_stale_temporaries_of_the_same_target_are_removed(tmp_path):
         ".m.bpk.aaaaaaaaaaaa.tmp": None,  # the same, fresh: kept (a save in progress may own it)
         f".m.bpk.{_HOST_TAG}.{os.getpid()}.bbbbbbbbbbbb.tmp": None,  # a live process of this host: kept
         f".m.bpk.{_HOST_TAG}.999999999.cccccccccccc.tmp": None,  # a process that does not exist: removed
-        f".m.bpk.0000beef.999999999.dddddddddddd.tmp": None,  # another host's: kept until it is old
+        ".m.bpk.0000beef.999999999.dddddddddddd.tmp": None,  # another host's: kept until it is old
         ".other.bpk.0123456789ab.tmp": old,  # another target's: kept
         ".m.bpk.notes.tmp": old,  # not named as ours: kept
     }

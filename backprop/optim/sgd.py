@@ -49,13 +49,12 @@ class SGD(Optimizer):
         self.nesterov = nesterov
 
     def update(self, parameter: Parameter, step: int) -> None:
-        xp = parameter.backend.xp
         direction = parameter.grad
         if self.weight_decay:
             direction = direction + self.weight_decay * parameter.value
         if self.momentum:
             if step == 1:
-                velocity = xp.asarray(direction, copy=True)
+                velocity = parameter.backend.copy(direction)
             else:
                 velocity = self.slot(parameter, "momentum", step)
                 velocity *= self.momentum
