@@ -488,7 +488,8 @@ def fit(
                 series.update({f"val_{name}": values for name, values in scores.items()})
             series.update(hooks.collectively(_epoch_scores, hooks, inputs, targets, bounds if source is None else [],
                                              validation if isinstance(validation, tuple) else None,
-                                             validation_bounds, loss, named_metrics if source is None else {}))
+                                             validation_bounds, loss, named_metrics if source is None else {},
+                                             named_metrics))
             host = hooks.reduce(_read(model, series))
             if not all(map(math.isfinite, host["loss"])):
                 batch = next(index for index, value in enumerate(host["loss"]) if not math.isfinite(value))
@@ -647,11 +648,12 @@ def _batch_hooks(callbacks: list, name: str) -> list:
 
 
 def _epoch_scores(hooks: Any, inputs: Any, targets: Any, bounds: list, validation: Any, validation_bounds: list,
-                  loss: Loss, metrics: dict[str, Metric]) -> dict[str, list]:
-    """The epoch's training metrics and validation loss and metrics, per batch, as 0-d device arrays."""
+                  loss: Loss, training_metrics: dict[str, Metric], metrics: dict[str, Metric]) -> dict[str, list]:
+    """The epoch's training metrics (none for a source of batches: its steps scored them) and validation loss
+    and metrics, per batch, as 0-d device arrays."""
     series: dict[str, list] = {}
-    if metrics:
-        series.update(hooks.evaluate(inputs, targets, None, metrics, bounds))
+    if training_metrics:
+        series.update(hooks.evaluate(inputs, targets, None, training_metrics, bounds))
     if validation is not None:
         scores = hooks.evaluate(*validation, loss, metrics, validation_bounds)
         series.update({f"val_{name}": values for name, values in scores.items()})

@@ -42,6 +42,21 @@ def test_streaming_fit_equals_in_memory_fit_bitwise(backend):
         np.testing.assert_array_equal(stream_state[name], memory_state[name], err_msg=name)
 
 
+@pytest.mark.parametrize("validation_as", ["arrays", "source"])
+def test_a_streamed_fit_scores_every_metric_on_the_validation_data(validation_as):
+    x, y = classification()
+    x_val, y_val = classification(20, seed=1)
+    model = classifier()
+    validation = (x_val, y_val) if validation_as == "arrays" else bp.data.BatchLoader(x_val, y_val, 8, shuffle=False)
+    history = model.fit(bp.data.BatchLoader(x, y, batch_size=16, seed=5), None, bp.losses.CrossEntropy(),
+                        bp.optim.SGD(model.parameters(), lr=0.1), epochs=2, metrics=["accuracy"], verbose=0,
+                        validation_data=validation).history
+    assert sorted(history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    final = model.evaluate(x_val, y_val, bp.losses.CrossEntropy(), metrics=["accuracy"])
+    assert history["val_accuracy"][-1] == pytest.approx(final["accuracy"], rel=1e-12)
+    assert history["val_loss"][-1] == pytest.approx(final["loss"], rel=1e-6)
+
+
 def test_a_generator_needs_steps_per_epoch_and_continues_across_epochs():
     x, y = classification()
 
