@@ -6,9 +6,9 @@
     python -m benchmarks.run --workloads xor small --repeats 21
 
 Each workload's candidates run in alternating rounds (ours, floor, PyTorch, ours on the torch backend, then
-again), so that slow drifts hit all of them alike; the order rotates from round to round, because threads still
+again), so that slow drifts hit all of them alike; the order is shuffled every round, because threads still
 spinning after the previous candidate's products (OpenBLAS's, and PyTorch's OpenMP threads for longer) slow
-whatever runs next, and a fixed order would always hand that cost to the same candidate.
+whatever runs next, and a fixed order or a fixed rotation would hand that cost to the same candidate most often.
 A round times ``inner`` back-to-back steps (synchronising the device before each clock read) and records the
 mean step time. We report the median round and the fastest round of each candidate; the ratios use the fastest
 rounds (the least disturbed measurement of each), with the ratios of medians beside them in the JSON.
@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -173,20 +174,23 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int, round_seconds: float) -> dict:
-    built = candidates(workload, device, with_torch)
+def time_candidates(built: dict[str, tuple[Callable[[], Any], str, str]], rounds: int, round_seconds: float,
+                    seed: int = 0) -> dict[str, dict]:
+    """Time every candidate ``name -> (step, library, device)`` in ``rounds`` rounds, each round in a freshly
+    shuffled order (seeded, so a run can be repeated), then measure each one's peak memory."""
     syncs = {name: synchronizer(library, on) for name, (_, library, on) in built.items()}
     inner = {name: calibrate(step, syncs[name], round_seconds) for name, (step, _, _) in built.items()}
     times: dict[str, list[float]] = {name: [] for name in built}
-    names = list(built)
-    for round_index in range(rounds):
-        shift = round_index % len(names)  # rotate, so that no candidate always runs right after the same one
-        for name in names[shift:] + names[:shift]:
+    order = random.Random(seed)
+    for _ in range(rounds):
+        names = list(built)
+        order.shuffle(names)  # no candidate always runs right after the same one (or after PyTorch's threads)
+        for name in names:
             times[name].append(time_round(built[name][0], syncs[name], inner[name]))
-    result: dict[str, Any] = {"workload": workload.name, "label": workload.label, "rounds": rounds, "candidates": {}}
+    found = {}
     for name, (step, library, on) in built.items():
         peak, method = peak_memory(step, library, on)
-        result["candidates"][name] = {
+        found[name] = {
             "median_s": statistics.median(times[name]),
             "fastest_s": min(times[name]),
             "rounds_s": times[name],
@@ -194,6 +198,13 @@ def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int,
             "peak_bytes": peak,
             "peak_method": method,
         }
+    return found
+
+
+def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int, round_seconds: float) -> dict:
+    result: dict[str, Any] = {"workload": workload.name, "label": workload.label, "rounds": rounds,
+                              "candidates": time_candidates(candidates(workload, device, with_torch), rounds,
+                                                            round_seconds)}
     found = result["candidates"]
 
     def pick(name: str, key: str) -> float | None:

@@ -39,6 +39,45 @@ def test_quick_suite_reports_every_workload(tmp_path):
     assert report["results"][0]["label"] == written["results"][0]["label"]
 
 
+def test_quick_convolution_suite_reports_every_workload(tmp_path):
+    from benchmarks import conv
+
+    conv.main(["--quick", "--repeats", "1", "--output", str(tmp_path)])
+    written = json.loads((tmp_path / "conv-cpu-quick.json").read_text())
+    assert [result["workload"] for result in written["results"]] == list(conv.QUICK_WORKLOADS)
+    expected = {"ours"} | ({"pytorch", "ours_torch"} if run.torch_available() else set())
+    for result in written["results"]:
+        assert set(result["candidates"]) == expected
+        assert all(math.isfinite(c["fastest_s"]) and c["fastest_s"] > 0 for c in result["candidates"].values())
+    assert "| digits CNN, one training step, batch 32 |" in (tmp_path / "conv-cpu-quick.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist", "cifar"])
+def test_the_convolution_benchmark_compares_the_same_network(torch, name):
+    """PyTorch's candidate holds our initial weights: both compute the same outputs."""
+    from benchmarks import conv
+
+    workload = conv.QUICK_WORKLOADS[name]
+    ours = conv.build(workload, "cpu")
+    x, _ = conv.host_data(workload)
+    theirs = conv.torch_model(ours).eval()
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(bp.to_numpy(ours.predict(x)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_every_round_times_the_candidates_in_a_shuffled_order(monkeypatch):
+    calls = []
+    monkeypatch.setattr(run, "peak_memory", lambda step, library, on: (None, "skipped"))
+    built = {name: ((lambda name=name: calls.append(name)), "numpy", "cpu") for name in "abcd"}
+    run.time_candidates(built, rounds=12, round_seconds=1e-9)
+    rounds = [tuple(calls[-48:][4 * i:4 * i + 4]) for i in range(12)]
+    assert all(sorted(order) == list("abcd") for order in rounds)
+    assert len(set(rounds)) > 4  # not one fixed order, nor a rotation of four
+    firsts = {order[0] for order in rounds}
+    assert len(firsts) >= 3
+
+
 # -- fast paths against their references ---------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(3, 5), (700, 600)])  # below and above the NumPy chunk (262,144 elements)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
