@@ -13,6 +13,7 @@ from backprop.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense,
                              Layer, LayerNorm, LeakyReLU, MaxPool2d, ReLU, Reshape, Residual, Sigmoid, Softmax, Tanh,
                              register_layer)
 from backprop.model import Sequential
+from backprop.optim import register_optimizer
 from backprop.parameter import Parameter
 from backprop.training import History
 
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNorm1d", "Dense", "Dropout", "Flatten", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU",
     "Reshape", "Residual", "Sequential", "Sigmoid", "Softmax", "Tanh", "register_layer",
+    "register_optimizer",
     "AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d",
     "Checkpoint", "History", "ModelCheckpoint", "export_safetensors", "load", "load_checkpoint", "load_into", "save",
     "augment", "backends", "callbacks", "data", "distributed", "errors", "get_backend", "gradcheck", "init", "losses", "metrics", "optim", "penalties",

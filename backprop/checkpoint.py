@@ -27,7 +27,8 @@ Tensors are host copies: parameters (``"0.weight"``, ``"3.inner.0.weight"``: the
 ``model.named_parameters()``), buffers (``model.named_buffers()``) and, when an optimiser is saved, its
 per-parameter slots, which live in ``parameter.state`` (``"0.weight/state/momentum"``). Layer types are resolved
 by name through ``backprop.layers.LAYERS`` (``bp.register_layer`` adds yours) and optimisers through
-``backprop.optim``; no pickle, no ``eval``: a file can only name classes that are already registered.
+``backprop.optim.OPTIMIZERS`` (``bp.register_optimizer`` adds yours); no pickle, no ``eval``: a file can only name
+classes that are already registered, and ``save`` refuses a model or optimiser whose class is not.
 
 Random state: ``document["model"]["random_states"]`` maps a layer's dotted path (``"3"``, ``"3.inner.1"``) to its
 ``layer.random_state()`` (`Dropout`'s NumPy bit-generator state, whose 128-bit integers JSON keeps exact), for the
@@ -64,6 +65,7 @@ from backprop.backends import Backend, get_backend
 from backprop.callbacks import Callback, monitor_mode
 from backprop.errors import ArgumentTypeError, BackpropError, CheckpointError, ConfigurationError, ShapeError
 from backprop.optim.base import Optimizer
+from backprop.optim.registry import check_registered, optimizer_class
 from backprop.validation import choice, flag, float_dtype_name, instance
 from backprop.validation import describe as describe_value
 from backprop.layers.base import allocation_budget
@@ -112,6 +114,7 @@ def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, 
             lambda: save(model, path, optimizer, extra) if communicator.is_root else Path(os.fspath(path)))
     if optimizer is not None:
         _check_optimizer_owns(model, optimizer)
+        check_registered(optimizer)
     check_configs(model, registered=True)
     tensors: list[tuple[str, str, np.ndarray]] = [
         (name, "parameter", parameter.backend.to_numpy(parameter.value)) for name, parameter in model.named_parameters()
@@ -447,27 +450,13 @@ def _architecture(document: dict, path: PathLike) -> tuple[list, Any]:
     return layers, config.get("input_shape")
 
 
-def _optimizer_class(name: Any, path: PathLike) -> type:
-    from backprop import optim
-
-    known = {key: value for key, value in vars(optim).items()
-             if isinstance(value, type) and issubclass(value, optim.Optimizer) and value is not optim.Optimizer}
-    if name not in known:
-        raise CheckpointError(f"{path}: unknown optimiser type {name!r}; known: {', '.join(sorted(known))}")
-    return known[name]
-
-
 def _build_optimizer(model: Any, state: dict, path: PathLike) -> Any:
-    cls = _optimizer_class(state.get("type"), path)
-    hyperparameters = _hyperparameters(state)
     try:
-        optimizer = cls(model.parameters(), **hyperparameters)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: optimiser {cls.__name__} cannot be rebuilt from {hyperparameters!r}: {error}"
-        ) from None
-    optimizer.load_state_dict({**state, **hyperparameters})
-    return optimizer
+        cls = optimizer_class(state.get("type"))
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    with _file_errors(path, f"holds an optimiser state that {cls.__name__} cannot be rebuilt from"):
+        return cls.from_state_dict(model.parameters(), {**state, **_hyperparameters(state)})
 
 
 def _hyperparameters(state: dict) -> dict:

@@ -1,7 +1,10 @@
 """One exception hierarchy, so callers can catch ours (``BackpropError``) or the built-in kind they expect.
 
 Each class also derives from the built-in exception a Python user would reach for first: bad values and shapes
-are ``ValueError``, wrong types ``TypeError``, a backend that cannot be loaded ``ImportError``.
+are ``ValueError``, wrong types ``TypeError``, a backend or an optional library that cannot be loaded
+``ImportError``. Every ``raise`` of a built-in exception class in ``backprop/`` and ``backends/`` is one of these
+instead (``tests/test_errors_audit.py`` scans the source); the exceptions are ``NotImplementedError`` in the body of
+a method a subclass must implement, and re-raising an exception caught or rebuilt (``raise``, ``raise error``).
 """
 
 
@@ -62,6 +65,16 @@ class StateMismatchError(BackpropError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message quoted, as if it were a key
         return str(self.args[0]) if self.args else ""
+
+
+class UnsetHyperparameterError(ConfigurationError, AttributeError):
+    """An optimiser's hyper-parameter read before it was set: a subclass's ``__init__`` that skips
+    ``Optimizer.__init__``."""
+
+
+class MissingDependencyError(BackpropError, ImportError):
+    """An optional library a feature needs (scikit-learn, matplotlib) is not installed; the message says what to
+    install."""
 
 
 class LossActivationWarning(UserWarning):

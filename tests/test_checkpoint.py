@@ -156,12 +156,7 @@ def test_resumed_training_equals_uninterrupted_training(backend, dtype, tmp_path
     assert_identical(resumed.model.state_dict(), uninterrupted.state_dict())
 
 
-def _optimizer_classes():
-    return [cls for cls in vars(bp.optim).values()
-            if isinstance(cls, type) and issubclass(cls, bp.optim.Optimizer) and cls is not bp.optim.Optimizer]
-
-
-@pytest.mark.parametrize("optimizer_class", _optimizer_classes(), ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("optimizer_class", list(bp.optim.OPTIMIZERS.values()), ids=lambda cls: cls.__name__)
 def test_every_optimiser_resumes_exactly(optimizer_class, tmp_path):
     uninterrupted = make_model()
     train(uninterrupted, optimizer_class(uninterrupted.parameters(), lr=0.01), 4)
@@ -189,16 +184,107 @@ def test_load_into_restores_model_and_optimiser_in_place(tmp_path):
         bp.load_into(target, path, type("Adamish", (bp.optim.SGD,), {})(target.parameters(), lr=0.1))
 
 
-def test_an_optimiser_class_unknown_to_backprop_optim_is_refused_by_name(tmp_path):
+class Signum(bp.optim.Optimizer):
+    """sign descent with momentum: v = beta * v + (1 - beta) * g, w = w - lr * sign(v); a tuple hyper-parameter
+    (one rate per parameter rank: vectors, matrices) checks that JSON lists come back as tuples."""
+
+    lr = bp.optim.Hyper(0.01, lambda value, name: float(value))
+    beta = bp.optim.Hyper(0.9, lambda value, name: float(value))
+    scales = bp.optim.Hyper((1.0, 0.5), lambda value, name: tuple(float(v) for v in value))
+
+    def update(self, parameter, step):
+        xp = parameter.backend.xp
+        velocity = self.slot(parameter, "velocity", step)
+        parameter.state["velocity"] = self.beta * velocity + (1.0 - self.beta) * parameter.grad
+        scale = self.scales[parameter.value.ndim - 1]
+        parameter.value = parameter.value - self.lr * scale * xp.sign(parameter.state["velocity"])
+
+
+@pytest.fixture
+def signum(monkeypatch):
+    monkeypatch.setitem(bp.optim.OPTIMIZERS, "Signum", Signum)
+    return Signum
+
+
+def test_a_registered_optimiser_round_trips_and_resumes_exactly(signum, tmp_path):
+    uninterrupted = make_model()
+    train(uninterrupted, Signum(uninterrupted.parameters(), lr=0.05, scales=(2.0, 1.0)), 6)
+    model = make_model()
+    optimizer = Signum(model.parameters(), lr=0.05, scales=(2.0, 1.0))
+    train(model, optimizer, 3)
+    resumed = bp.load_checkpoint(bp.save(model, tmp_path / "m.bpk", optimizer))
+    assert type(resumed.optimizer) is Signum
+    assert resumed.optimizer.state_dict() == {
+        "type": "Signum", "steps": 3, "parameter_steps": [3, 3, 3, 3], "lr": 0.05, "beta": 0.9, "scales": (2.0, 1.0),
+    }
+    assert_identical(slots(resumed.model), slots(model))
+    train(resumed.model, resumed.optimizer, 3)
+    assert_identical(resumed.model.state_dict(), uninterrupted.state_dict())
+    start, end = make_model().state_dict(), uninterrupted.state_dict()
+    for name, step in (("0.bias", 0.05 * 2.0), ("0.weight", 0.05 * 1.0)):  # lr * scales[ndim - 1]
+        signs = (end[name] - start[name]) / step  # the sum of six steps of +-1 each
+        whole = np.round(signs)
+        np.testing.assert_allclose(signs, whole, atol=1e-9)
+        assert np.all(np.abs(whole) <= 6) and np.all(whole % 2 == 0) and np.any(np.abs(whole) == 6)
+
+
+def test_register_optimizer_is_a_decorator_exported_beside_register_layer():
+    try:
+        assert bp.register_optimizer is bp.optim.register_optimizer
+        assert bp.register_optimizer(Signum) is Signum and bp.optim.OPTIMIZERS["Signum"] is Signum
+        assert {"SGD", "Adam", "AdamW", "RMSprop"} <= set(bp.optim.OPTIMIZERS)
+    finally:
+        bp.optim.OPTIMIZERS.pop("Signum", None)
+
+
+def test_register_optimizer_refuses_what_a_checkpoint_could_not_rebuild():
+    with pytest.raises(TypeError, match="register_optimizer takes a subclass of bp.optim.Optimizer, got 'SGD'"):
+        bp.register_optimizer("SGD")
+
+    class WithInit(bp.optim.SGD):
+        def __init__(self, params, lr):
+            super().__init__(params, lr)
+
+    with pytest.raises(ConfigurationError, match="WithInit defines __init__, which a checkpoint would not call"):
+        bp.register_optimizer(WithInit)
+    assert "WithInit" not in bp.optim.OPTIMIZERS
+
+
+def test_an_unregistered_optimiser_is_refused_at_save_naming_register_optimizer(tmp_path):
     class Custom(bp.optim.SGD):
         pass
 
     model = make_model()
-    optimizer = Custom(model.parameters(), lr=0.1)
+    with pytest.raises(CheckpointError, match=r"optimiser Custom is not registered.*@bp.register_optimizer"):
+        bp.save(model, tmp_path / "m.bpk", Custom(model.parameters(), lr=0.1))
+    assert not (tmp_path / "m.bpk").exists()
+    same_name = type("SGD", (bp.optim.SGD,), {})  # a class of its own that a file would load as ours
+    with pytest.raises(CheckpointError, match="optimiser SGD is not registered"):
+        bp.save(model, tmp_path / "m.bpk", same_name(model.parameters(), lr=0.1))
+
+
+def test_a_file_naming_an_optimiser_unknown_here_names_register_optimizer(signum, tmp_path, monkeypatch):
+    model = make_model()
+    optimizer = Signum(model.parameters())
+    train(model, optimizer, 1)
     path = bp.save(model, tmp_path / "m.bpk", optimizer)
-    with pytest.raises(CheckpointError, match="unknown optimiser type 'Custom'"):
+    monkeypatch.delitem(bp.optim.OPTIMIZERS, "Signum")  # a process that has not registered the class
+    with pytest.raises(CheckpointError, match=r"unknown optimiser type 'Signum'; known: Adam, AdamW, RMSprop, SGD\. "
+                                              r"An optimiser class of your own must be registered with "
+                                              r"bp.register_optimizer"):
         bp.load_checkpoint(path)
     assert_identical(bp.load(path).state_dict(), model.state_dict())
+
+
+def test_a_rate_annealed_to_zero_is_restored_by_load_checkpoint(tmp_path):
+    model = make_model()
+    optimizer = bp.optim.Adam(model.parameters(), lr=0.1)
+    schedule = bp.optim.CosineAnnealingLR(optimizer, T_max=2)
+    train(model, optimizer, 1)
+    schedule.step(), schedule.step()
+    assert optimizer.lr == 0.0
+    restored = bp.load_checkpoint(bp.save(model, tmp_path / "m.bpk", optimizer)).optimizer
+    assert restored.lr == 0.0 and restored.state_dict() == optimizer.state_dict()
 
 
 # -- corrupt or unfitting files ---------------------------------------------------------------------------------
@@ -496,31 +582,3 @@ def test_safetensors_export_reads_back_with_the_safetensors_package(tmp_path):
     model = make_model(dtype="float32")
     tensors = safetensors_numpy.load_file(str(bp.export_safetensors(model, tmp_path / "m.safetensors")))
     assert_identical(tensors, model.state_dict())
-
-
-def test_an_optimiser_registered_in_backprop_optim_is_rebuilt_with_tuple_hyperparameters(tmp_path, monkeypatch):
-    class TwoRates(bp.optim.Optimizer):
-        def __init__(self, params, lr, rates=(0.5, 0.25)):
-            super().__init__(params, lr)
-            self.set_hyperparameters(lr, rates)
-
-        def set_hyperparameters(self, lr, rates=(0.5, 0.25)):
-            super().set_hyperparameters(lr)
-            assert isinstance(rates, tuple), "JSON lists must come back as tuples"
-            self.rates = rates
-
-        def hyperparameters(self):
-            return {"lr": self.lr, "rates": self.rates}
-
-        def update(self, parameter, step):
-            parameter.value -= self.lr * parameter.grad
-
-    monkeypatch.setattr(bp.optim, "TwoRates", TwoRates, raising=False)
-    model = make_model()
-    optimizer = TwoRates(model.parameters(), lr=0.1, rates=(0.9, 0.999))
-    train(model, optimizer, 2)
-    restored = bp.load_checkpoint(bp.save(model, tmp_path / "m.bpk", optimizer)).optimizer
-    assert type(restored) is TwoRates
-    assert restored.state_dict() == {
-        "type": "TwoRates", "steps": 2, "parameter_steps": [2, 2, 2, 2], "lr": 0.1, "rates": (0.9, 0.999),
-    }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -412,3 +415,137 @@ def test_a_schedule_steps_once_per_epoch_as_a_fit_callback():
     model.fit(x, x[:, :1], bp.losses.MeanSquaredError(), optimizer, epochs=5, callbacks=[schedule], verbose=0)
     assert schedule.last_step == 5
     assert optimizer.lr == pytest.approx(0.1 * 0.5 ** 2)
+
+
+# -- declared hyper-parameters ------------------------------------------------------------------------------------
+DEFAULTS = {  # torch.optim's defaults; SGD's lr has none
+    "SGD": {"lr": bp.optim.REQUIRED, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
+    "Adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False},
+    "AdamW": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2, "amsgrad": False},
+    "RMSprop": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0, "centered": False},
+}
+
+
+@pytest.mark.parametrize("name", DEFAULTS)
+def test_each_declaration_gives_the_keyword_its_default_order_and_annotation(name):
+    cls = getattr(bp.optim, name)
+    assert {key: hyper.default for key, hyper in cls.HYPERPARAMETERS.items()} == DEFAULTS[name]
+    signature = inspect.signature(cls)
+    assert list(signature.parameters) == ["params", *DEFAULTS[name]]
+    for key, default in DEFAULTS[name].items():
+        expected = inspect.Parameter.empty if default is bp.optim.REQUIRED else default
+        assert signature.parameters[key].default == expected
+    assert signature.parameters["lr"].annotation is float
+    optimizer = cls(_params(), lr=0.5) if name == "SGD" else cls(_params())
+    assert optimizer.hyperparameters() == {**DEFAULTS[name], **({"lr": 0.5} if name == "SGD" else {})}
+    assert repr(optimizer) == f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in optimizer.hyperparameters().items()) + ")"
+
+
+def test_repr_and_positional_order_follow_the_declarations():
+    adam = bp.optim.Adam(_params(), 0.01, [0.8, 0.9], 1e-6, 0.1, True)
+    assert repr(adam) == "Adam(lr=0.01, betas=(0.8, 0.9), eps=1e-06, weight_decay=0.1, amsgrad=True)"
+    assert repr(bp.optim.AdamW(_params(), 0.02)) == \
+        "AdamW(lr=0.02, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, amsgrad=False)"  # its own default, in place
+    assert repr(bp.optim.SGD(_params(), 0.1, 0.9, 0.0, 1e-4, True)) == \
+        "SGD(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0001, nesterov=True)"
+    assert repr(bp.optim.RMSprop(_params(), momentum=0.5, centered=True)) == \
+        "RMSprop(lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0.0, momentum=0.5, centered=True)"
+
+
+CALL_ERRORS = [
+    (lambda: bp.optim.Adam(_params(), lr=0.1, beta=(0.9, 0.99)),
+     "Adam has no hyper-parameter 'beta'; its hyper-parameters are lr, betas, eps, weight_decay, amsgrad"),
+    (lambda: bp.optim.SGD(_params(), lr=0.1, nesterov=True, mommentum=0.9),
+     "SGD has no hyper-parameter 'mommentum'; its hyper-parameters are lr, momentum, dampening, weight_decay, "
+     "nesterov"),
+    (lambda: bp.optim.SGD(_params()), r"SGD needs lr, e.g. SGD\(model.parameters\(\), lr=0.1\)"),
+    (lambda: bp.optim.SGD(_params(), 0.1, momentum=0.9, lr=0.2), "SGD got lr both by position and by keyword"),
+    (lambda: bp.optim.SGD(_params(), 0.1, 0.9, 0, 0, True, 7),
+     r"SGD takes params and at most 5 hyper-parameters \(lr, momentum, dampening, weight_decay, nesterov\), got 6"),
+    (lambda: bp.optim.Adam(_params()).set_hyperparameters(gamma=0.5), "Adam has no hyper-parameter 'gamma'"),
+]
+
+
+@pytest.mark.parametrize("build, message", CALL_ERRORS)
+def test_a_wrong_call_names_the_hyper_parameters_as_a_configuration_and_type_error(build, message):
+    with pytest.raises(ConfigurationError, match=message) as excinfo:
+        build()
+    assert isinstance(excinfo.value, TypeError)
+
+
+def test_set_hyperparameters_and_assignment_check_like_the_constructor_and_change_nothing_on_refusal():
+    sgd = bp.optim.SGD(_params(), lr=0.1, momentum=0.9)
+    sgd.set_hyperparameters(nesterov=True, weight_decay=np.float32(0.5))
+    expected = {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.5, "nesterov": True}
+    assert sgd.hyperparameters() == expected
+    assert type(sgd.weight_decay) is float
+    with pytest.raises(ConfigurationError, match="Nesterov momentum needs momentum > 0 and dampening = 0, got "
+                                                 "momentum=0.0, dampening=0.0"):
+        sgd.momentum = 0
+    with pytest.raises(ConfigurationError, match="weight_decay must be a finite number >= 0"):
+        sgd.set_hyperparameters(lr=0.2, weight_decay=-1)
+    assert sgd.hyperparameters() == expected
+    adam = bp.optim.Adam(_params())
+    adam.betas = [0.5, 0.75]
+    adam.lr = 0  # a schedule may anneal the rate to 0; a new optimiser refuses it
+    assert (adam.betas, adam.lr) == ((0.5, 0.75), 0.0)
+    with pytest.raises(ConfigurationError, match=r"eps must be a finite number > 0 \(it keeps the denominator"):
+        adam.eps = 0.0
+    assert adam.eps == 1e-8
+
+
+@pytest.mark.parametrize("name", DEFAULTS)
+def test_every_optimiser_round_trips_through_state_dict_from_state_dict_and_pickle(name):
+    cls = getattr(bp.optim, name)
+    uninterrupted = make_model()
+    train(uninterrupted, cls(uninterrupted.parameters(), lr=0.01), 6)
+    model = make_model()
+    optimizer = cls(model.parameters(), lr=0.01)
+    train(model, optimizer, 3)
+    state = json.loads(json.dumps(optimizer.state_dict()))
+    assert state == {"type": name, "steps": 3, "parameter_steps": [3, 3, 3, 3],
+                     **{k: list(v) if isinstance(v, tuple) else v for k, v in optimizer.hyperparameters().items()}}
+
+    rebuilt = cls.from_state_dict(model.parameters(), state)
+    assert rebuilt.state_dict() == optimizer.state_dict() and repr(rebuilt) == repr(optimizer)
+    pickled_model, pickled = pickle.loads(pickle.dumps((model, optimizer)))
+    assert pickled.params == pickled_model.parameters() and pickled.state_dict() == optimizer.state_dict()
+    copied_model, copied = copy.deepcopy((model, optimizer))
+    for resumed_model, resumed in ((pickled_model, pickled), (copied_model, copied), (model, rebuilt)):
+        train(resumed_model, resumed, 3, first=3)
+        assert resumed.steps == 6
+        assert_same_parameters(resumed_model, uninterrupted, rtol=0)
+
+
+def test_a_subclass_declares_a_hyper_parameter_once_and_inherits_the_rest():
+    class Scaled(bp.optim.SGD):
+        """SGD whose step is multiplied by ``factor``."""
+
+        factor = bp.optim.Hyper(2.0, lambda value, name: bp.validation.number(value, name, low=0.0, low_open=True))
+
+        def update(self, parameter, step):
+            parameter.grad *= self.factor
+            super().update(parameter, step)
+
+    assert list(Scaled.HYPERPARAMETERS) == ["lr", "momentum", "dampening", "weight_decay", "nesterov", "factor"]
+    model, reference = make_model(), make_model()
+    train(model, Scaled(model.parameters(), 0.05, factor=3.0), 3)
+    train(reference, bp.optim.SGD(reference.parameters(), lr=0.15), 3)
+    assert_same_parameters(model, reference, rtol=1e-12)
+    with pytest.raises(ConfigurationError, match=r"factor must be a finite number > 0, got -1"):
+        Scaled(_params(), 0.1, factor=-1)
+
+    with pytest.raises(ConfigurationError, match=r"Hidden.momentum = 0.5 hides the hyper-parameter 'momentum'"):
+        type("Hidden", (bp.optim.SGD,), {"momentum": 0.5})
+
+
+def test_a_hyper_parameter_read_before_it_is_set_says_to_call_optimizer_init():
+    class Forgetful(bp.optim.SGD):
+        def __init__(self, params, lr):
+            self.params = list(params)
+
+    optimizer = Forgetful(_params(), 0.1)
+    with pytest.raises(AttributeError, match=r"Forgetful.lr has not been set: .*super\(\).__init__\(params, ...\)"):
+        optimizer.lr
+    assert not hasattr(optimizer, "momentum")
+    assert str(inspect.signature(Forgetful)) == "(params, lr)"  # its own constructor's signature

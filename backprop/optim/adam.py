@@ -13,9 +13,9 @@ count t (1 on its first), learning rate lr:
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from backprop.optim.base import Optimizer, check_betas, check_eps, check_learning_rate, check_weight_decay
+from backprop.optim.base import Hyper, Optimizer, check_betas, check_eps, check_learning_rate, check_weight_decay
 from backprop.parameter import Parameter
 from backprop.validation import flag
 
@@ -24,31 +24,11 @@ class Adam(Optimizer):
     """``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False)``; slots
     ``"exp_avg"`` (m), ``"exp_avg_sq"`` (v) and, with amsgrad, ``"max_exp_avg_sq"`` (v_max)."""
 
-    def __init__(
-        self,
-        params: Iterable[Parameter],
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-    ) -> None:
-        super().__init__(params, lr)
-        self.set_hyperparameters(lr, betas, eps, weight_decay, amsgrad)
-
-    def set_hyperparameters(
-        self,
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-    ) -> None:
-        self.lr = check_learning_rate(lr, allow_zero=True)
-        self.betas = check_betas(betas)
-        self.eps = check_eps(eps)
-        self.weight_decay = check_weight_decay(weight_decay)
-        self.amsgrad = flag(amsgrad, "amsgrad")
+    lr = Hyper(1e-3, check_learning_rate)
+    betas = Hyper((0.9, 0.999), check_betas)
+    eps = Hyper(1e-8, check_eps)
+    weight_decay = Hyper(0.0, check_weight_decay)
+    amsgrad = Hyper(False, flag)
 
     def apply_weight_decay(self, parameter: Parameter, gradient: Any) -> Any:
         """The gradient Adam's moments see: the L2 penalty's gradient lambda * w added to it."""
@@ -76,12 +56,3 @@ class Adam(Optimizer):
         change = first / denominator
         change *= self.lr / (1.0 - beta1**step)
         parameter.value -= change
-
-    def hyperparameters(self) -> dict:
-        return {
-            "lr": self.lr,
-            "betas": list(self.betas),
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            "amsgrad": self.amsgrad,
-        }

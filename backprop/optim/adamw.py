@@ -8,9 +8,10 @@ The weights shrink before the Adam step, and the moments see the bare gradient:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from backprop.optim.adam import Adam
+from backprop.optim.base import Hyper, check_weight_decay
 from backprop.parameter import Parameter
 
 
@@ -18,16 +19,7 @@ class AdamW(Adam):
     """``AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False)``: PyTorch's
     defaults, so weight decay is on unless ``weight_decay=0``."""
 
-    def __init__(
-        self,
-        params: Iterable[Parameter],
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-    ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+    weight_decay = Hyper(1e-2, check_weight_decay)
 
     def apply_weight_decay(self, parameter: Parameter, gradient: Any) -> Any:
         """Shrink the weights in place, w = w * (1 - lr * lambda), and leave the gradient as it is."""

@@ -5,47 +5,64 @@ optimiser in hand. The optimiser itself keeps only host scalars: hyper-parameter
 how many of them updated each parameter (a parameter without a gradient is skipped, as in ``torch.optim``).
 
 A fresh optimiser starts fresh slots, whatever an earlier optimiser left on the parameters; one restored with
-``load_state_dict`` continues the slots it finds there (that is how a checkpoint resumes).
+``load_state_dict`` (or built by ``from_state_dict``) continues the slots it finds there (that is how a checkpoint
+resumes).
+
+Hyper-parameters are declared once, as class attributes (`Hyper`): ``eps = Hyper(1e-8, check_eps)`` gives the
+keyword ``eps`` with default 1e-8, checked by ``check_eps``. The constructor's keywords and positional order,
+``inspect.signature``, ``set_hyperparameters``, ``hyperparameters()``, ``state_dict``/``load_state_dict`` and
+``repr`` all read the declarations; the values live in the instance's ``__dict__``, so copies and pickles carry them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import inspect
+import typing
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Generic, TypeVar, overload
 
-from backprop.errors import ArgumentTypeError, CheckpointError, ConfigurationError
+from backprop.errors import ArgumentTypeError, CheckpointError, ConfigurationError, UnsetHyperparameterError
 from backprop.parameter import Parameter
-from backprop.validation import is_real, number
+from backprop.validation import number
+
+T = TypeVar("T")
 
 
-def check_learning_rate(lr: Any, allow_zero: bool = False) -> float:
-    """A learning rate is a finite number > 0; restoring a state allows 0, where a schedule may have annealed it."""
-    if not is_real(lr) or lr < 0 or (lr == 0 and not allow_zero):
-        raise ConfigurationError(f"learning rate must be a finite number > 0, got {lr!r}")
-    return float(lr)
+# -- checks a declaration names: each takes (value, name) and returns the value normalised -------------------------
+def check_learning_rate(value: Any, name: str = "lr", allow_zero: bool = True) -> float:
+    """A learning rate: a finite number >= 0, the range an optimiser's rate takes (a schedule may anneal it to 0);
+    with ``allow_zero=False`` > 0, as a new optimiser's rate and a schedule's base rate must be."""
+    return number(value, name, low=0.0, low_open=not allow_zero, meaning="the learning rate")
 
 
-def check_fraction(name: str, value: Any, meaning: str, closed: bool = False) -> float:
-    """``value`` as a float in [0, 1) (in [0, 1] when ``closed``), or a `ConfigurationError` saying what it means."""
-    return number(value, name, low=0.0, high=1.0, high_open=not closed, meaning=meaning)
-
-
-def check_betas(betas: Any) -> tuple[float, float]:
-    """Adam's ``(beta1, beta2)``: the decay rates of the running means of the gradient and of its square."""
-    if isinstance(betas, (str, bytes, dict)) or not hasattr(betas, "__len__") or len(betas) != 2:
-        raise ConfigurationError(f"betas must be a pair (beta1, beta2) such as (0.9, 0.999), got {betas!r}")
+def check_betas(value: Any, name: str = "betas") -> tuple[float, float]:
+    """Adam's ``(beta1, beta2)``: the decay rates of the running means of the gradient and of its square, each in
+    [0, 1)."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ConfigurationError(f"{name} must be a pair (beta1, beta2) such as (0.9, 0.999), got {value!r}")
     return (
-        check_fraction("betas[0]", betas[0], "decay of the running mean of the gradient, e.g. 0.9"),
-        check_fraction("betas[1]", betas[1], "decay of the running mean of the squared gradient, e.g. 0.999"),
+        number(value[0], f"{name}[0]", low=0.0, high=1.0, high_open=True,
+               meaning="decay of the running mean of the gradient, e.g. 0.9"),
+        number(value[1], f"{name}[1]", low=0.0, high=1.0, high_open=True,
+               meaning="decay of the running mean of the squared gradient, e.g. 0.999"),
     )
 
 
-def check_eps(eps: Any) -> float:
-    return number(eps, "eps", low=0.0, low_open=True, meaning="it keeps the denominator away from 0")
+def check_eps(value: Any, name: str = "eps") -> float:
+    """A finite number > 0 added to a denominator."""
+    return number(value, name, low=0.0, low_open=True, meaning="it keeps the denominator away from 0")
 
 
-def check_weight_decay(weight_decay: Any) -> float:
-    return number(weight_decay, "weight_decay", low=0.0, meaning="0 turns it off")
+def check_weight_decay(value: Any, name: str = "weight_decay") -> float:
+    """A finite number >= 0 (0 turns weight decay off)."""
+    return number(value, name, low=0.0, meaning="0 turns it off")
+
+
+def check_momentum(value: Any, name: str = "momentum") -> float:
+    """The decay of a velocity, in [0, 1) (0 turns momentum off)."""
+    return number(value, name, low=0.0, high=1.0, high_open=True,
+                  meaning="the decay of the velocity, e.g. 0.9; 0 turns it off")
 
 
 def saved_count(value: Any, owner: str, name: str) -> int:
@@ -55,12 +72,12 @@ def saved_count(value: Any, owner: str, name: str) -> int:
     return value
 
 
-def check_saved_hyperparameters(state: dict, owner: Any, kind: str) -> None:
-    """`CheckpointError` unless ``state`` holds exactly ``owner.hyperparameters()``'s names."""
-    expected = set(owner.hyperparameters())
+def check_saved_hyperparameters(state: dict, expected: Iterable[str], owner: str, kind: str) -> None:
+    """`CheckpointError` unless ``state`` holds exactly the names ``expected`` (``owner`` names the class)."""
+    expected = set(expected)
     if set(state) != expected:
         raise CheckpointError(
-            f"{kind} state does not fit {type(owner).__name__}: missing {sorted(expected - set(state))}, "
+            f"{kind} state does not fit {owner}: missing {sorted(expected - set(state))}, "
             f"unexpected {sorted(set(state) - expected)}"
         )
 
@@ -85,19 +102,180 @@ def parameter_list(params: Any, owner: str) -> list[Parameter]:
     return params
 
 
+# -- the declaration ------------------------------------------------------------------------------------------------
+class _Required:
+    """The default of a hyper-parameter the caller must give (SGD's ``lr``)."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+class Hyper(Generic[T]):
+    """One hyper-parameter of an `Optimizer`, declared as a class attribute: ``eps = Hyper(1e-8, check_eps)``.
+
+    The attribute's name is the constructor keyword; ``default`` is its value when the caller does not give it
+    (`REQUIRED`: the caller must); ``check(value, name)`` returns the value normalised (a ``float``, a ``tuple``,
+    a ``bool``) or raises `ConfigurationError`, and its return annotation is the keyword's annotation in
+    ``inspect.signature``. The declarations' order, a base class's first, is the positional order after
+    ``params``; a subclass that declares a name again (AdamW's ``weight_decay`` default) keeps its place.
+
+    ``optimizer.eps`` reads the value; ``optimizer.eps = 1e-6`` sets it through ``set_hyperparameters``, so the
+    same checks run (a schedule sets ``optimizer.lr`` this way).
+    """
+
+    def __init__(self, default: Any, check: Callable[[Any, str], T]) -> None:
+        self.default, self.check, self.name = default, check, ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Hyper[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type) -> T: ...
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
+            return self
+        values = vars(instance)
+        if self.name not in values:
+            raise UnsetHyperparameterError(
+                f"{type(instance).__name__}.{self.name} has not been set: Optimizer.__init__ (or from_state_dict) "
+                f"sets every declared hyper-parameter, so a subclass's __init__ must call super().__init__(params, ...)"
+            )
+        return values[self.name]
+
+    def __set__(self, instance: Optimizer, value: Any) -> None:
+        instance.set_hyperparameters(**{self.name: value})
+
+    def annotation(self) -> Any:
+        """The return annotation of ``check`` (``inspect.Parameter.empty`` when it has none)."""
+        try:
+            return typing.get_type_hints(self.check).get("return", inspect.Parameter.empty)
+        except (NameError, TypeError):  # a callable without resolvable annotations (a partial, a lambda's names)
+            return inspect.Parameter.empty
+
+    def __repr__(self) -> str:
+        return f"Hyper({self.default!r}, {getattr(self.check, '__name__', self.check)!r})"
+
+
+def declared_hyperparameters(cls: type) -> dict[str, Hyper]:
+    """``cls``'s `Hyper` declarations by name, base classes' first (a redeclared name keeps its first place)."""
+    declared: dict[str, Hyper] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, Hyper):
+                declared[name] = value
+            elif name in declared:
+                raise ConfigurationError(
+                    f"{klass.__name__}.{name} = {value!r} hides the hyper-parameter {name!r} declared by a base "
+                    f"class; declare it again as {name} = bp.optim.Hyper(default, check)"
+                )
+    return declared
+
+
+def _signature(cls: type, declared: Mapping[str, Hyper]) -> inspect.Signature:
+    """``(params, <each declared hyper-parameter with its default and annotation>)``, what the constructor takes."""
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature(
+        [inspect.Parameter("params", positional, annotation=Iterable[Parameter])]
+        + [inspect.Parameter(name, positional, annotation=hyper.annotation(),
+                             default=inspect.Parameter.empty if hyper.default is REQUIRED else hyper.default)
+           for name, hyper in declared.items()]
+    )
+
+
 class Optimizer:
     """Base class: ``step()`` calls ``update(parameter, step)`` for every parameter that has a gradient.
 
     ``step`` is how many times this optimiser has updated that parameter, this update included (1 on the first).
-    Subclasses validate and set their hyper-parameters in ``set_hyperparameters`` (which ``load_state_dict``
-    calls too) and list them in ``hyperparameters()``.
+    A subclass declares its hyper-parameters as `Hyper` class attributes (this class declares ``lr``, which every
+    optimiser has and schedules set) and implements ``update``; it needs no ``__init__``. The constructor is
+    ``Optimizer(params, *hyper-parameters, **hyper-parameters)`` in declaration order, each checked by its
+    declaration, then the pairs by ``check_hyperparameters``; a new optimiser also needs ``lr > 0``. Reading
+    ``HYPERPARAMETERS`` (name -> `Hyper`) or ``inspect.signature(cls)`` lists them.
     """
 
-    def __init__(self, params: Iterable[Parameter], lr: float) -> None:
+    lr = Hyper(REQUIRED, check_learning_rate)
+
+    HYPERPARAMETERS: ClassVar[Mapping[str, Hyper]]
+    __signature__: ClassVar[inspect.Signature | None]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.HYPERPARAMETERS = MappingProxyType(declared_hyperparameters(cls))
+        # inspect.signature(cls) shows the declared keywords, unless the class has a constructor of its own
+        cls.__signature__ = _signature(cls, cls.HYPERPARAMETERS) if cls.__init__ is Optimizer.__init__ else None
+
+    def __init__(self, params: Iterable[Parameter], *args: Any, **kwargs: Any) -> None:
+        owner = type(self).__name__
+        declared = type(self).HYPERPARAMETERS
+        if len(args) > len(declared):
+            raise ArgumentTypeError(
+                f"{owner} takes params and at most {len(declared)} hyper-parameters ({', '.join(declared)}), "
+                f"got {len(args)} after params"
+            )
+        given = dict(zip(declared, args))
+        self._refuse_unknown(kwargs)
+        twice = sorted(set(given) & set(kwargs))
+        if twice:
+            raise ArgumentTypeError(f"{owner} got {', '.join(twice)} both by position and by keyword; give each once")
+        values = {name: given.get(name, kwargs.get(name, hyper.default)) for name, hyper in declared.items()}
+        missing = [name for name, value in values.items() if value is REQUIRED]
+        if missing:
+            raise ArgumentTypeError(f"{owner} needs {', '.join(missing)}, e.g. {owner}(model.parameters(), "
+                                    + ", ".join(f"{name}=0.1" for name in missing) + ")")
+        self._start(params)
+        check_learning_rate(values["lr"], allow_zero=False)
+        self._assign(values)
+
+    @classmethod
+    def from_state_dict(cls, params: Iterable[Parameter], state: Mapping[str, Any]) -> Optimizer:
+        """An optimiser over ``params`` that continues ``state`` (what ``state_dict()`` returned): made as pickle
+        makes objects, without ``__init__``, and filled by ``load_state_dict``, so a rate that a schedule annealed
+        to 0 (which the constructor refuses) is restored. Checkpoints rebuild optimisers this way."""
+        optimizer = cls.__new__(cls)
+        optimizer._start(params)
+        optimizer.load_state_dict(state)
+        return optimizer
+
+    def _start(self, params: Iterable[Parameter]) -> None:
         self.params = parameter_list(params, type(self).__name__)
-        self.lr = check_learning_rate(lr)
         self.steps = 0
         self.parameter_steps = [0] * len(self.params)
+
+    def _refuse_unknown(self, names: Iterable[str]) -> None:
+        """`ArgumentTypeError` (a `ConfigurationError` and a ``TypeError``) naming any of ``names`` that is not a
+        declared hyper-parameter, and the declared ones."""
+        declared = type(self).HYPERPARAMETERS
+        unknown = sorted(set(names) - set(declared))
+        if unknown:
+            raise ArgumentTypeError(f"{type(self).__name__} has no hyper-parameter {', '.join(map(repr, unknown))}; "
+                                    f"its hyper-parameters are {', '.join(declared)}")
+
+    def _assign(self, values: Mapping[str, Any]) -> None:
+        """Check every declared hyper-parameter in ``values`` (which holds each of them), then the combination,
+        then store them all: a refused set leaves the optimiser as it was."""
+        checked = {name: hyper.check(values[name], name) for name, hyper in type(self).HYPERPARAMETERS.items()}
+        self.check_hyperparameters(checked)
+        vars(self).update(checked)
+
+    def check_hyperparameters(self, values: Mapping[str, Any]) -> None:
+        """Raise `ConfigurationError` if ``values`` (every hyper-parameter, each valid on its own) do not go
+        together; the default accepts any combination."""
+
+    def set_hyperparameters(self, **values: Any) -> None:
+        """Check and set the hyper-parameters given (the others keep their values), all or none."""
+        self._refuse_unknown(values)
+        self._assign({**self.hyperparameters(), **values})
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The hyper-parameters by name, in declaration order (host scalars and tuples; saved in checkpoints)."""
+        return {name: getattr(self, name) for name in type(self).HYPERPARAMETERS}
 
     def zero_grad(self) -> None:
         for parameter in self.params:
@@ -126,7 +304,8 @@ class Optimizer:
                 self.steps += 1
 
     def update(self, parameter: Parameter, step: int) -> None:
-        raise NotImplementedError
+        """Update ``parameter.value`` from ``parameter.grad``: what each optimiser implements."""
+        raise NotImplementedError(f"{type(self).__name__} must implement update(parameter, step)")
 
     def slot(self, parameter: Parameter, name: str, step: int) -> Any:
         """The array ``parameter.state[name]``: new zeros on the parameter's first update, the stored one after."""
@@ -140,14 +319,6 @@ class Optimizer:
             )
         return parameter.state[name]
 
-    def hyperparameters(self) -> dict:
-        """Host scalars that define the optimiser (saved in checkpoints)."""
-        return {"lr": self.lr}
-
-    def set_hyperparameters(self, lr: float) -> None:
-        """Validate and set the hyper-parameters (the constructor has already refused lr = 0)."""
-        self.lr = check_learning_rate(lr, allow_zero=True)
-
     def state_dict(self) -> dict:
         """JSON-able host data: the type, step counts and hyper-parameters (the slots live on the parameters)."""
         return {
@@ -157,9 +328,10 @@ class Optimizer:
             **self.hyperparameters(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what ``state_dict()`` returned (also after a JSON round trip); raises `CheckpointError` if it
-        belongs to another optimiser or another set of parameters."""
+        belongs to another optimiser or another set of parameters, `ConfigurationError` if a hyper-parameter is
+        out of its range. Nothing changes unless everything fits."""
         state = dict(state)
         kind = state.pop("type", None)
         if kind != type(self).__name__:
@@ -175,11 +347,15 @@ class Optimizer:
                 f"optimiser state has parameter_steps={parameter_steps!r}; expected {len(self.params)} integers "
                 f"in [0, {steps}], one per parameter"
             )
-        check_saved_hyperparameters(state, self, "optimiser")
-        self.set_hyperparameters(**state)
+        check_saved_hyperparameters(state, type(self).HYPERPARAMETERS, type(self).__name__, "optimiser")
+        self._assign(state)
         self.steps = steps
         self.parameter_steps = list(parameter_steps)
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({arguments})"
+
+
+Optimizer.HYPERPARAMETERS = MappingProxyType(declared_hyperparameters(Optimizer))
+Optimizer.__signature__ = _signature(Optimizer, Optimizer.HYPERPARAMETERS)

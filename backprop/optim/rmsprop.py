@@ -12,45 +12,29 @@ With gradient g, weight decay lambda, smoothing alpha, momentum mu, learning rat
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any
 
-from backprop.optim.base import Optimizer, check_eps, check_fraction, check_learning_rate, check_weight_decay
+from backprop.optim.base import Hyper, Optimizer, check_eps, check_learning_rate, check_momentum, check_weight_decay
 from backprop.parameter import Parameter
-from backprop.validation import flag
+from backprop.validation import flag, number
+
+
+def check_alpha(value: Any, name: str = "alpha") -> float:
+    """RMSprop's smoothing constant: the decay of the running mean of the squared gradient, in [0, 1)."""
+    return number(value, name, low=0.0, high=1.0, high_open=True,
+                  meaning="the decay of the running mean of the squared gradient, e.g. 0.99")
 
 
 class RMSprop(Optimizer):
     """``RMSprop(params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False)``; slots
     ``"square_avg"`` (s), ``"grad_avg"`` (a, when centered) and ``"momentum_buffer"`` (b, when mu > 0)."""
 
-    def __init__(
-        self,
-        params: Iterable[Parameter],
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        centered: bool = False,
-    ) -> None:
-        super().__init__(params, lr)
-        self.set_hyperparameters(lr, alpha, eps, weight_decay, momentum, centered)
-
-    def set_hyperparameters(
-        self,
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        momentum: float = 0.0,
-        centered: bool = False,
-    ) -> None:
-        self.lr = check_learning_rate(lr, allow_zero=True)
-        self.alpha = check_fraction("alpha", alpha, "the decay of the running mean of the squared gradient, e.g. 0.99")
-        self.eps = check_eps(eps)
-        self.weight_decay = check_weight_decay(weight_decay)
-        self.momentum = check_fraction("momentum", momentum, "the decay of the velocity, e.g. 0.9; 0 turns it off")
-        self.centered = flag(centered, "centered")
+    lr = Hyper(1e-2, check_learning_rate)
+    alpha = Hyper(0.99, check_alpha)
+    eps = Hyper(1e-8, check_eps)
+    weight_decay = Hyper(0.0, check_weight_decay)
+    momentum = Hyper(0.0, check_momentum)
+    centered = Hyper(False, flag)
 
     def update(self, parameter: Parameter, step: int) -> None:
         xp = parameter.backend.xp
@@ -78,13 +62,3 @@ class RMSprop(Optimizer):
             parameter.value -= self.lr * velocity
         else:
             parameter.value -= self.lr * (gradient / root_mean_square)
-
-    def hyperparameters(self) -> dict:
-        return {
-            "lr": self.lr,
-            "alpha": self.alpha,
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            "momentum": self.momentum,
-            "centered": self.centered,
-        }

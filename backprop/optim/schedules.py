@@ -67,8 +67,8 @@ class Schedule(Callback):
         if state.pop("type", None) != type(self).__name__:
             raise CheckpointError(f"this schedule state is not for {type(self).__name__}: {state!r}")
         last_step = saved_count(state.pop("last_step", None), "schedule state", "last_step")
-        self.base_lr = check_learning_rate(state.pop("base_lr", None))
-        check_saved_hyperparameters(state, self, "schedule")
+        self.base_lr = check_learning_rate(state.pop("base_lr", None), "base_lr", allow_zero=False)
+        check_saved_hyperparameters(state, self.hyperparameters(), type(self).__name__, "schedule")
         self.set_hyperparameters(**state)
         self.last_step = last_step
         self.optimizer.lr = self.lr_at(last_step)

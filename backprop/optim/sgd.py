@@ -10,43 +10,35 @@ With gradient g, weight decay lambda, momentum mu, dampening tau, learning rate 
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Mapping
 
 from backprop.errors import ConfigurationError
-from backprop.optim.base import Optimizer, check_fraction, check_learning_rate, check_weight_decay
+from backprop.optim.base import Hyper, Optimizer, check_momentum, check_weight_decay
 from backprop.parameter import Parameter
-from backprop.validation import flag
+from backprop.validation import flag, number
+
+
+def check_dampening(value: Any, name: str = "dampening") -> float:
+    """The share of the gradient left out of the velocity, in [0, 1]."""
+    return number(value, name, low=0.0, high=1.0, meaning="the share of the gradient left out of the velocity")
 
 
 class SGD(Optimizer):
     """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)``; the momentum slot is
-    ``parameter.state["momentum"]``."""
+    ``parameter.state["momentum"]``. ``lr`` (declared by `Optimizer`) has no default."""
 
-    def __init__(
-        self,
-        params: Iterable[Parameter],
-        lr: float,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-    ) -> None:
-        super().__init__(params, lr)
-        self.set_hyperparameters(lr, momentum, dampening, weight_decay, nesterov)
+    momentum = Hyper(0.0, check_momentum)
+    dampening = Hyper(0.0, check_dampening)
+    weight_decay = Hyper(0.0, check_weight_decay)
+    nesterov = Hyper(False, flag)
 
-    def set_hyperparameters(
-        self, lr: float, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False
-    ) -> None:
-        self.lr = check_learning_rate(lr, allow_zero=True)
-        self.momentum = check_fraction("momentum", momentum, "the decay of the velocity, e.g. 0.9; 0 turns it off")
-        self.dampening = check_fraction("dampening", dampening, "the share of the gradient left out of the velocity", closed=True)
-        self.weight_decay = check_weight_decay(weight_decay)
-        nesterov = flag(nesterov, "nesterov")
-        if nesterov and (self.momentum == 0 or self.dampening != 0):
+    def check_hyperparameters(self, values: Mapping[str, Any]) -> None:
+        """Nesterov momentum needs momentum > 0 and dampening = 0 (as in ``torch.optim.SGD``)."""
+        if values["nesterov"] and (values["momentum"] == 0 or values["dampening"] != 0):
             raise ConfigurationError(
-                f"Nesterov momentum needs momentum > 0 and dampening = 0, got momentum={momentum!r}, dampening={dampening!r}"
+                "Nesterov momentum needs momentum > 0 and dampening = 0, got "
+                f"momentum={values['momentum']!r}, dampening={values['dampening']!r}"
             )
-        self.nesterov = nesterov
 
     def update(self, parameter: Parameter, step: int) -> None:
         direction = parameter.grad
@@ -62,12 +54,3 @@ class SGD(Optimizer):
             parameter.state["momentum"] = velocity  # rebinds on backends whose arrays are immutable
             direction = direction + self.momentum * velocity if self.nesterov else velocity
         parameter.value = parameter.backend.subtract_scaled(parameter.value, self.lr, direction)
-
-    def hyperparameters(self) -> dict:
-        return {
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "dampening": self.dampening,
-            "weight_decay": self.weight_decay,
-            "nesterov": self.nesterov,
-        }
