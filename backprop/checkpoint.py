@@ -207,7 +207,7 @@ def _json_scalar(value: Any) -> Any:
         return value.item()
     if isinstance(value, tuple):
         return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON data")
+    raise ArgumentTypeError(f"{type(value).__name__} is not JSON data")
 
 
 def _write_all(handle: Any, chunks: Iterable[Any]) -> None:
@@ -497,7 +497,7 @@ def _restore_random_states(model: Any, document: dict, path: PathLike) -> None:
     try:
         for key, state in saved.items():
             if key not in layers:
-                raise ValueError(f"the model has no layer {key!r}; its layers are {', '.join(layers)}")
+                raise ConfigurationError(f"the model has no layer {key!r}; its layers are {', '.join(layers)}")
             layers[key].set_random_state(state)
     except ValueError as error:
         for layer, state in previous:
@@ -586,7 +586,7 @@ def _read(path: PathLike) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
 
 
 def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number a checkpoint holds")
+    raise CheckpointError(f"{name} is not a number a checkpoint holds")
 
 
 _ROLES = ("parameter", "buffer", "state")

@@ -31,7 +31,7 @@ import numpy as np
 
 from backprop import errors
 from backprop.errors import BackpropError, ConfigurationError
-from backprop.validation import instance
+from backprop.validation import choice, instance
 
 # Variables that MPI launchers set in each process they start (MPICH/Hydra and Intel MPI, Open MPI, Slurm's srun).
 _LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
@@ -74,8 +74,7 @@ class Communicator:
         """Combine ``buffer`` (a contiguous host NumPy array) element-wise over all ranks, in place, with ``op``
         ("sum", "min" or "max"); every rank gets the result. Returns ``buffer``."""
         _check_buffer(buffer)
-        if op not in ("sum", "min", "max"):
-            raise ConfigurationError(f"allreduce op must be 'sum', 'min' or 'max', got {op!r}")
+        choice(op, "allreduce op", ("sum", "min", "max"))
         return buffer
 
     def broadcast(self, buffer: np.ndarray, root: int = 0) -> np.ndarray:

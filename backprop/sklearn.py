@@ -39,6 +39,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from backprop.errors import MissingDependencyError
+
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
@@ -46,7 +48,7 @@ try:
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(
+    raise MissingDependencyError(
         "backprop.sklearn needs scikit-learn >= 1.7: pip install 'backprop-arrays[sklearn]'"
     ) from error
 

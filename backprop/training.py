@@ -66,7 +66,8 @@ from backprop.backends import get_backend
 from backprop.callbacks import HOOKS, Callback
 from backprop.data import check_finite, checked_on_host, is_source, to_backend
 from backprop.distributed import Communicator
-from backprop.errors import ArgumentTypeError, BackpropError, ConfigurationError, DivergenceError, ShapeError
+from backprop.errors import (ArgumentTypeError, BackpropError, ConfigurationError, DivergenceError,
+                             MissingDependencyError, ShapeError)
 from backprop.gradients import loss_and_backward
 from backprop.losses import Loss, warn_if_activation_mismatch
 from backprop.metrics import Metric, resolve
@@ -110,7 +111,7 @@ class History:
         try:
             import matplotlib.pyplot as plt
         except ImportError:
-            raise ImportError("History.plot needs matplotlib: pip install matplotlib") from None
+            raise MissingDependencyError("History.plot needs matplotlib: pip install matplotlib") from None
         names = [n for n in self.history if not n.startswith("val_")] if names is None else list(names)
         figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
         epochs = [epoch + 1 for epoch in self.epoch]
@@ -671,12 +672,8 @@ def _check_arguments(model: Any, x: Any, y: Any, loss: Loss, optimizer: Optimize
     if not all(id(p) in owned for p in optimizer.params):
         raise ConfigurationError("the optimiser updates parameters that are not this model's: build it with model.parameters()")
     epochs = integer(epochs, "epochs")
-    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
-            or not 0 <= initial_epoch < epochs:
-        raise ConfigurationError(
-            f"initial_epoch must be an integer in [0, epochs) = [0, {epochs}) (epochs is the final epoch when "
-            f"resuming), got {initial_epoch!r}"
-        )
+    integer(initial_epoch, "initial_epoch", low=0, high=epochs - 1,
+            meaning=f"below epochs={epochs}, which is the final epoch when resuming")
     if penalty is not None:
         instance(penalty, Penalty, "penalty", "a backprop penalty such as bp.penalties.L2(1e-4)")
     choice(verbose, "verbose (0 silent, 1 progress bar, 2 one line per epoch)", (0, 1, 2))

@@ -46,10 +46,13 @@ def number(value: Any, name: str, *, low: float | None = None, high: float | Non
     return float(value)
 
 
-def integer(value: Any, name: str, low: int = 1, meaning: str = "") -> int:
-    """``value`` as an int >= ``low`` (NumPy integers accepted, booleans and whole floats refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+def integer(value: Any, name: str, low: int = 1, meaning: str = "", high: int | None = None) -> int:
+    """``value`` as an int in [low, high] (``high=None``: no upper bound; NumPy integers accepted, booleans and
+    whole floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
+            or (high is not None and value > high):
+        kind = f"an integer in [{low}, {high}]" if high is not None \
+            else "a positive integer" if low == 1 else f"an integer >= {low}"
         described = f" ({meaning})" if meaning else ""
         raise ConfigurationError(f"{name} must be {kind}{described}, got {value!r}")
     return int(value)

@@ -47,7 +47,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 
-from backprop.errors import ConfigurationError, ShapeError
+from backprop.errors import ConfigurationError, DTypeError, ShapeError
 from backprop.parameter import Parameter
 
 Backward = Callable[..., Any]
@@ -291,4 +291,4 @@ def dtype_name(backend: Any, dtype: Any) -> str:
     for name in ("float32", "float64"):
         if backend.supports(name) and backend.dtype(name) == dtype:
             return name
-    raise ValueError(f"{dtype!r} is not a floating dtype of {backend!r}")
+    raise DTypeError(f"{dtype!r} is not a floating dtype of {backend!r}")

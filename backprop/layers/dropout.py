@@ -67,7 +67,7 @@ class Dropout(Layer):
     def shard(self, start: int, stop: int, rows: int) -> Iterator["Dropout"]:
         """Within the block, training forwards see rows [start, stop) of a batch of ``rows`` rows."""
         if not 0 <= start <= stop <= rows:
-            raise ValueError(f"Dropout shard rows [{start}, {stop}) do not lie in a batch of {rows} rows")
+            raise ConfigurationError(f"Dropout shard rows [{start}, {stop}) do not lie in a batch of {rows} rows")
         self._shard = (start, stop, rows)
         try:
             yield self
@@ -99,7 +99,7 @@ class Dropout(Layer):
             return self._draw_batch_mask(shape)
         start, stop, rows = self._shard
         if shape[0] != stop - start:
-            raise ValueError(f"Dropout was told it sees rows [{start}, {stop}) of the batch, but its input has "
+            raise ShapeError(f"Dropout was told it sees rows [{start}, {stop}) of the batch, but its input has "
                              f"{shape[0]} rows")
         return self._draw_batch_mask((rows, *shape[1:]))[start:stop]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backprop.errors import ConfigurationError
+from backprop.errors import ArgumentTypeError, ConfigurationError
 from backprop.layers.base import Layer
 
 LAYERS: dict[str, type[Layer]] = {}
@@ -23,7 +23,7 @@ def register_layer(cls: type[Layer]) -> type[Layer]:
     none; see the README's "Writing a layer".
     """
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
-        raise TypeError(f"register_layer takes a subclass of bp.Layer, got {cls!r}")
+        raise ArgumentTypeError(f"register_layer takes a subclass of bp.Layer, got {cls!r}")
     LAYERS[cls.__name__] = cls
     return cls
 

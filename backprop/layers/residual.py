@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from backprop.errors import ShapeError
+from backprop.errors import ArgumentTypeError, ShapeError
 from backprop.layers.base import Layer, Shape
 from backprop.layers.registry import describe, layer_from_node
 
@@ -26,7 +26,7 @@ class Residual(Layer):
     def __init__(self, inner: Layer) -> None:
         super().__init__()
         if not isinstance(inner, Layer):
-            raise TypeError(f"Residual wraps a layer (e.g. a bp.Sequential block), got {type(inner).__name__}")
+            raise ArgumentTypeError(f"Residual wraps a layer (e.g. a bp.Sequential block), got {type(inner).__name__}")
         self.inner = inner
         self._inner_shape: Shape | None = None
 
