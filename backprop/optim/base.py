@@ -178,7 +178,7 @@ def declared_hyperparameters(cls: type) -> dict[str, Hyper]:
     return declared
 
 
-def _signature(cls: type, declared: Mapping[str, Hyper]) -> inspect.Signature:
+def _signature(declared: Mapping[str, Hyper]) -> inspect.Signature:
     """``(params, <each declared hyper-parameter with its default and annotation>)``, what the constructor takes."""
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     return inspect.Signature(
@@ -196,7 +196,7 @@ class Optimizer:
     A subclass declares its hyper-parameters as `Hyper` class attributes (this class declares ``lr``, which every
     optimiser has and schedules set) and implements ``update``; it needs no ``__init__``. The constructor is
     ``Optimizer(params, *hyper-parameters, **hyper-parameters)`` in declaration order, each checked by its
-    declaration, then the pairs by ``check_hyperparameters``; a new optimiser also needs ``lr > 0``. Reading
+    declaration, then their combination by ``check_hyperparameters``; a new optimiser also needs ``lr > 0``. Reading
     ``HYPERPARAMETERS`` (name -> `Hyper`) or ``inspect.signature(cls)`` lists them.
     """
 
@@ -209,7 +209,7 @@ class Optimizer:
         super().__init_subclass__(**kwargs)
         cls.HYPERPARAMETERS = MappingProxyType(declared_hyperparameters(cls))
         # inspect.signature(cls) shows the declared keywords, unless the class has a constructor of its own
-        cls.__signature__ = _signature(cls, cls.HYPERPARAMETERS) if cls.__init__ is Optimizer.__init__ else None
+        cls.__signature__ = _signature(cls.HYPERPARAMETERS) if cls.__init__ is Optimizer.__init__ else None
 
     def __init__(self, params: Iterable[Parameter], *args: Any, **kwargs: Any) -> None:
         owner = type(self).__name__
@@ -358,4 +358,4 @@ class Optimizer:
 
 
 Optimizer.HYPERPARAMETERS = MappingProxyType(declared_hyperparameters(Optimizer))
-Optimizer.__signature__ = _signature(Optimizer, Optimizer.HYPERPARAMETERS)
+Optimizer.__signature__ = _signature(Optimizer.HYPERPARAMETERS)
