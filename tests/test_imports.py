@@ -80,3 +80,12 @@ def test_no_module_imports_a_module_that_imports_it_back():
     graph = {name: imported(path, name, set(found)) for name, path in found.items()}
     # A package's __init__ re-exports its modules; a module importing its own package's names goes one way only.
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_package_ships_its_type_hints():
+    """PEP 561: a ``py.typed`` marker in the package, listed as package data so that wheels carry it."""
+    import importlib.resources
+
+    assert importlib.resources.files("backprop").joinpath("py.typed").is_file()
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert '[tool.setuptools.package-data]\nbackprop = ["py.typed"]' in pyproject
