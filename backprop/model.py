@@ -115,7 +115,7 @@ class Sequential(Layer):
         outermost = backend is None or rng is None
         if backend is None or rng is None:
             backend, dtype, rng = self.backend, self._dtype, np.random.default_rng(self.seed)
-        self._built_shape = None
+        self._built_shape, self._trainable = None, None
         declared = self._declared_shape
         shape = input_shape = as_shape(input_shape, "input_shape")
         if declared is not None and declared != shape:
@@ -137,6 +137,7 @@ class Sequential(Layer):
         if outermost:
             for name, parameter in self.named_parameters():
                 parameter.name = name
+            self._trainable = tuple(self.parameters())
         return shape
 
     def place(self, backend: Any, dtype: Any) -> None:
@@ -168,6 +169,14 @@ class Sequential(Layer):
             )
 
     # -- parameters and state -------------------------------------------------------------------------------
+    _trainable: "tuple[Parameter, ...] | None" = None  # the outermost model's parameters, listed when it is built
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's gradient; the outermost model walks the list it made when it was built
+        instead of its layer tree (this runs before every training step)."""
+        for parameter in self._trainable if self._trainable is not None else self.parameters():
+            parameter.zero_grad()
+
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         """Trainable parameters by dotted name, in tree order; each ``Parameter.name`` is that name."""
         self._require_built()

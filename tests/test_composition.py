@@ -277,3 +277,18 @@ def test_a_tampered_format_2_architecture_is_refused_naming_the_problem(tmp_path
     rewrite_header(path, lambda document: document["model"]["architecture"]["config"].update(extra=1))
     with pytest.raises(bp.errors.CheckpointError, match="not a Sequential node"):
         bp.load(path)
+
+
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda model: pickle.loads(pickle.dumps(model))])
+def test_zero_grad_clears_exactly_the_models_own_gradients_after_a_copy(duplicate):
+    model = bp.Sequential(bp.Dense(3, 4), bp.Residual(bp.Sequential(bp.Dense(4, 4), bp.Tanh())), bp.Dense(4, 2),
+                          input_shape=(3,), seed=0)
+    x, y = np.ones((5, 3), np.float32), np.zeros((5, 2), np.float32)
+    bp.value_and_grad(model, bp.losses.MeanSquaredError(), x, y)
+    twin = duplicate(model)
+    assert all(p.has_grad for p in twin.parameters()) and len(twin.parameters()) == 6
+    twin.zero_grad()
+    assert not any(p.has_grad for p in twin.parameters())
+    assert all(p.has_grad for p in model.parameters())  # the original keeps its gradients
+    model.zero_grad()
+    assert not any(p.has_grad for p in model.parameters())
