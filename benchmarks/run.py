@@ -37,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 import backprop as bp
+from benchmarks.opcount import operations
 from benchmarks.workloads import QUICK_WORKLOADS, WORKLOADS, Workload, floor_step, our_step, pytorch_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -205,6 +206,8 @@ def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int,
     result: dict[str, Any] = {"workload": workload.name, "label": workload.label, "rounds": rounds,
                               "candidates": time_candidates(candidates(workload, device, with_torch), rounds,
                                                             round_seconds)}
+    # counted on the tiny network of the same depth and kinds of layer: the count does not depend on the widths
+    result["operations"] = operations(QUICK_WORKLOADS.get(workload.name, workload), with_torch)
     found = result["candidates"]
 
     def pick(name: str, key: str) -> float | None:
@@ -304,11 +307,18 @@ def _bytes(value: int | None) -> str:
     return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
 
 
+def _operations(result: dict, optimizer_name: str) -> str:
+    counted = result.get("operations", {})
+    theirs = counted.get(f"pytorch_{optimizer_name}")
+    return f"{counted.get(f'ours_{optimizer_name}', '-')}" + ("" if theirs is None else f" ({theirs})")
+
+
 def table(report: dict) -> str:
     """Markdown table: median step times, ratios of the fastest rounds (medians' ratios in brackets), peaks."""
     header = (
         "| workload | ours | floor | PyTorch | ours on torch | ours/floor | ours/PyTorch | torch-backend/PyTorch "
-        "| peak ours | peak PyTorch |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| peak ours | peak PyTorch | ops SGD ours (PyTorch) | ops Adam ours (PyTorch) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for result in report["results"]:
@@ -323,7 +333,8 @@ def table(report: dict) -> str:
         rows.append(
             f"| {result['label']} | {median('ours')} | {median('floor')} | {median('pytorch')} | "
             f"{median('ours_torch')} | {both('ours/floor')} | {both('ours/pytorch')} | {both('ours_torch/pytorch')} | "
-            f"{_bytes(found['ours']['peak_bytes'])} | {_bytes(found.get('pytorch', {}).get('peak_bytes'))} |"
+            f"{_bytes(found['ours']['peak_bytes'])} | {_bytes(found.get('pytorch', {}).get('peak_bytes'))} | "
+            f"{_operations(result, 'sgd')} | {_operations(result, 'adam')} |"
         )
     return header + "\n".join(rows) + "\n"
 
@@ -339,7 +350,9 @@ def markdown(report: dict, command: str) -> str:
         "Ours = `loss_and_backward` + `SGD.step()` as `fit` runs them per batch; floor = the same matrix products "
         "alone on the same backend; PyTorch = autograd with `nn.Linear` and `torch.optim.SGD`; ours on torch = our "
         "step on the `torch` backend (PyTorch's BLAS, none of its autograd). Peak = memory above the resting level "
-        "during one step.",
+        "during one step. Ops: array operations of one steady-state step with SGD and with Adam, ours on a "
+        "backend that counts them (`benchmarks/opcount.py`), PyTorch's the aten operations that compute something, "
+        "with its multi-tensor optimisers as on CUDA; each is about one kernel launch on a GPU.",
         "",
         table(report),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",

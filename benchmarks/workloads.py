@@ -85,11 +85,14 @@ def make_loss(workload: Workload) -> bp.losses.Loss:
     return bp.losses.MeanSquaredError() if workload.loss == "mse" else bp.losses.CrossEntropy(from_logits=True)
 
 
-def our_step(workload: Workload, device: str) -> Callable[[], Any]:
+OPTIMIZERS = ("sgd", "adam")  # plain SGD (the timed step) and Adam with torch.optim's defaults besides lr
+
+
+def our_step(workload: Workload, device: str, optimizer_name: str = "sgd") -> Callable[[], Any]:
     """One ``fit`` batch on ``device``: inputs and prepared targets already there, as ``fit`` holds them."""
     model = build_model(workload, device)
     loss = make_loss(workload)
-    optimizer = bp.optim.SGD(model.parameters(), lr=workload.lr)
+    optimizer = (bp.optim.SGD if optimizer_name == "sgd" else bp.optim.Adam)(model.parameters(), lr=workload.lr)
     x_host, y_host = host_data(workload)
     x = model.as_input(x_host)
     with model.backend.activate():
@@ -125,8 +128,10 @@ def floor_step(workload: Workload, device: str) -> Callable[[], Any]:
     return step
 
 
-def pytorch_step(workload: Workload, device: str) -> Callable[[], Any]:
-    """PyTorch autograd's step: nn.Linear layers with our initial weights, the same loss, torch.optim.SGD."""
+def pytorch_step(workload: Workload, device: str, optimizer_name: str = "sgd",
+                 foreach: bool | None = None) -> Callable[[], Any]:
+    """PyTorch autograd's step: nn.Linear layers with our initial weights, the same loss, torch.optim.SGD (or
+    Adam); ``foreach`` picks its multi-tensor implementation (None: PyTorch's default for the device)."""
     import torch
 
     dtype = getattr(torch, workload.dtype)
@@ -143,7 +148,8 @@ def pytorch_step(workload: Workload, device: str) -> Callable[[], Any]:
             modules.append(torch.nn.Sigmoid() if isinstance(layer, bp.Sigmoid) else torch.nn.ReLU())
     model = torch.nn.Sequential(*modules)
     loss = torch.nn.MSELoss() if workload.loss == "mse" else torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=workload.lr)
+    optimizer = (torch.optim.SGD if optimizer_name == "sgd" else torch.optim.Adam)(model.parameters(), lr=workload.lr,
+                                                                                 foreach=foreach)
     x_host, y_host = host_data(workload)
     x = torch.as_tensor(x_host, dtype=dtype, device=device)
     y = torch.as_tensor(y_host, device=device)

@@ -34,9 +34,23 @@ def test_quick_suite_reports_every_workload(tmp_path):
             for key in ("median_s", "fastest_s"):
                 assert math.isfinite(candidate[key]) and candidate[key] > 0
         assert result["ratios"]["ours/floor"] > 0
+        counted = result["operations"]
+        assert counted["ours_adam"] > counted["ours_sgd"] > 0
     assert written["environment"]["device"] == "cpu" and written["environment"]["blas"]["numpy"]
     assert "| 4x[2,4,1] sigmoid mse float64 |" in (tmp_path / "cpu-quick.md").read_text()
     assert report["results"][0]["label"] == written["results"][0]["label"]
+
+
+def test_operation_counts_of_a_784_256_256_10_step(torch):
+    """The convolution-free MNIST-sized step: ours counted on the recording backend, one per array operation
+    (the pinned per-operation breakdown lives in test_device_discipline); PyTorch's as the performance issue counted
+    them on a CuPy stand-in: 21 operations with SGD, 28 with its multi-tensor Adam."""
+    from benchmarks.opcount import operations
+
+    counted = operations(QUICK_WORKLOADS["mnist"], with_torch=True)
+    assert counted["pytorch_sgd"] == 21 and counted["pytorch_adam"] == 28
+    # ours: 3 layers x (forward product + bias, backward products and bias sum) and 2 ReLUs, the loss, 6 updates
+    assert 40 <= counted["ours_sgd"] < counted["ours_adam"] <= 6 * 13 + counted["ours_sgd"]
 
 
 def test_quick_convolution_suite_reports_every_workload(tmp_path):
