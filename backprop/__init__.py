@@ -5,13 +5,14 @@
     value, grads = bp.value_and_grad(model, bp.losses.MeanSquaredError(), x, y)
 """
 
-from backprop import augment, backends, callbacks, data, distributed, errors, init, losses, metrics, optim, penalties, training
+from backprop import (augment, backends, callbacks, data, distributed, errors, init, losses, metrics, optim, penalties,
+                      training)
 from backprop.backends import get_backend, to_numpy
 from backprop.checkpoint import Checkpoint, ModelCheckpoint, export_safetensors, load, load_checkpoint, load_into, save
 from backprop.gradients import gradcheck, value_and_grad
-from backprop.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2d, Identity,
-                             Layer, LayerNorm, LeakyReLU, MaxPool2d, ReLU, Reshape, Residual, Sigmoid, Softmax, Tanh,
-                             register_layer)
+from backprop.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool2d,
+                             Identity, Layer, LayerNorm, LeakyReLU, MaxPool2d, ReLU, Reshape, Residual, Sigmoid,
+                             Softmax, Tanh, register_layer)
 from backprop.model import Sequential
 from backprop.optim import register_optimizer
 from backprop.parameter import Parameter
@@ -29,6 +30,7 @@ __all__ = [
     "register_optimizer",
     "AvgPool2d", "BatchNorm2d", "Conv2d", "GlobalAvgPool2d", "MaxPool2d",
     "Checkpoint", "History", "ModelCheckpoint", "export_safetensors", "load", "load_checkpoint", "load_into", "save",
-    "augment", "backends", "callbacks", "data", "distributed", "errors", "get_backend", "gradcheck", "init", "losses", "metrics", "optim", "penalties",
+    "augment", "backends", "callbacks", "data", "distributed", "errors", "get_backend", "gradcheck", "init", "losses",
+    "metrics", "optim", "penalties",
     "to_numpy", "training", "value_and_grad",
 ]

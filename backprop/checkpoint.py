@@ -173,7 +173,8 @@ def export_safetensors(model: Any, path: PathLike, metadata: Mapping[str, str] |
         offset += blob.nbytes
     encoded = json.dumps(header).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    return _atomic_write(path, [struct.pack("<Q", len(encoded)), encoded, *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
+    return _atomic_write(path, [struct.pack("<Q", len(encoded)), encoded,
+                                *(blob.reshape(-1).view(np.uint8) for blob in blobs)])
 
 
 def _check_model(model: Any, caller: str, signature: str) -> None:
@@ -222,7 +223,8 @@ def _atomic_write(path: PathLike, chunks: Iterable[Any]) -> Path:
     if not directory.is_dir():
         raise CheckpointError(f"cannot save {target}: directory {directory} does not exist")
     if target.is_dir():
-        raise CheckpointError(f"cannot save {target}: it is a directory; give a file name such as {target / 'model.bpk'}")
+        raise CheckpointError(f"cannot save {target}: it is a directory; "
+                              f"give a file name such as {target / 'model.bpk'}")
     _remove_stale_temporaries(target)
     temporary = directory / f".{target.name}.{_HOST_TAG}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -646,7 +648,8 @@ def _check_document(document: Any, version: int, path: PathLike) -> None:
                "a non-empty string", entry["name"])
         where = f"tensor {entry['name']!r} (tensors[{index}])"
         _field(entry["role"] in _ROLES, path, f"{where}.role", f"one of {_ROLES}", entry["role"])
-        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES:  # an object dtype ("|O") would make NumPy read pointers
+        # an object dtype ("|O") would make NumPy read pointers
+        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES:
             raise CheckpointError(f"{path}: tensor {entry['name']!r} has dtype {entry['dtype']!r}; readable dtypes: "
                                   f"{sorted(_DTYPES)}")
         _field(isinstance(entry["shape"], list) and len(entry["shape"]) <= _MAX_RANK
@@ -713,8 +716,9 @@ class ModelCheckpoint(Callback):
     ``path`` may contain ``{epoch}`` (counted from 0, as ``fit`` counts) and any log key (``{val_loss:.4f}``).
     With ``save_best_only`` the file is written only when ``logs[monitor]`` improves on the best so far
     (lower for ``mode="min"``, higher for ``mode="max"``; ``mode="auto"`` infers the direction from the name,
-    accuracy-like up and loss-like down, see `backprop.callbacks.monitor_mode`); a NaN never counts as an improvement, so a diverging
-    run leaves the last good checkpoint intact. Each file's ``extra`` holds ``{"epoch": ..., "logs": {...}}``.
+    accuracy-like up and loss-like down, see `backprop.callbacks.monitor_mode`); a NaN never counts as an improvement,
+    so a diverging run leaves the last good checkpoint intact. Each file's ``extra`` holds
+    ``{"epoch": ..., "logs": {...}}``.
     Under ``fit(..., communicator=comm)`` only rank 0 writes, then every rank waits for the file (see `save`).
     """
 
@@ -723,7 +727,8 @@ class ModelCheckpoint(Callback):
         self.save_best_only = flag(save_best_only, "save_best_only")
         self.mode = monitor_mode(monitor, mode, "ModelCheckpoint") if self.save_best_only \
             else choice(mode, "ModelCheckpoint mode", ("auto", "min", "max"))
-        self.path = os.fspath(instance(path, (str, os.PathLike), "ModelCheckpoint path", "a file name such as 'best.bpk'"))
+        self.path = os.fspath(instance(path, (str, os.PathLike), "ModelCheckpoint path",
+                                       "a file name such as 'best.bpk'"))
         if optimizer is not None:
             instance(optimizer, Optimizer, "ModelCheckpoint optimizer", "the optimiser given to fit (or None)")
         self.monitor, self.optimizer = monitor, optimizer
@@ -732,7 +737,8 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.model is None:
-            raise ConfigurationError("ModelCheckpoint has no model: on_train_begin(model) must run first (fit does this)")
+            raise ConfigurationError("ModelCheckpoint has no model: "
+                                     "on_train_begin(model) must run first (fit does this)")
         if self.save_best_only:
             if self.monitor not in logs:
                 raise ConfigurationError(

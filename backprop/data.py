@@ -219,7 +219,8 @@ def check_batch(x: Any, expected: "tuple[int, ...] | None", where: str, what: st
         if len(shape) == len(expected) + 1 and len(expected) == 1:
             message += f": {shape[1]} features instead of {expected[0]}"
         elif len(shape) == len(expected) and math.prod(shape) == math.prod(expected):
-            message += f"; for one sample use x.reshape(1, {', '.join(map(str, expected)) if len(expected) > 1 else '-1'})"
+            one_sample = ", ".join(map(str, expected)) if len(expected) > 1 else "-1"
+            message += f"; for one sample use x.reshape(1, {one_sample})"
             if len(expected) == 1:
                 message += "; for one feature per sample use x.reshape(-1, 1)"
         elif shape and math.prod(shape[1:]) == math.prod(expected):

@@ -78,4 +78,5 @@ class MissingDependencyError(BackpropError, ImportError):
 
 
 class LossActivationWarning(UserWarning):
-    """The model's last layer and the loss disagree about logits (e.g. a Softmax before CrossEntropy(from_logits=True))."""
+    """The model's last layer and the loss disagree about logits
+    (e.g. a Softmax before CrossEntropy(from_logits=True))."""

@@ -128,5 +128,6 @@ def get(init: "str | Initialiser") -> Initialiser:
     if callable(init):
         return init
     if not isinstance(init, str) or init not in INITIALISERS:
-        raise ConfigurationError(f"unknown initialiser {init!r}; known: {', '.join(sorted(INITIALISERS))}, or pass a callable")
+        raise ConfigurationError(f"unknown initialiser {init!r}; known: {', '.join(sorted(INITIALISERS))}, "
+                                 "or pass a callable")
     return INITIALISERS[init]

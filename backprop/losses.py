@@ -52,7 +52,8 @@ class Loss:
             if len(y.shape) == 1 and len(output_shape) == 2 and output_shape[1] == 1:
                 y = backend.xp.reshape(y, (-1, 1))
         if tuple(y.shape) != tuple(output_shape):
-            raise ShapeError(f"targets have shape {tuple(y.shape)} but the model's output has shape {tuple(output_shape)}")
+            raise ShapeError(f"targets have shape {tuple(y.shape)} "
+                             f"but the model's output has shape {tuple(output_shape)}")
         self.check_values(y, backend)
         return y
 
@@ -185,8 +186,10 @@ class BinaryCrossEntropy(Loss):
     ``pos_weight`` w (a number, or one per output column; PyTorch's ``BCEWithLogitsLoss(pos_weight=...)``)
     weighs the positive term, to count rare positives w times: with c = 1 + (w - 1) t (w = c = 1 without it,
     which gives the formulas above; the code computes these general ones),
-        from_logits=False:  L = -mean(w t log p + (1 - t) log(1 - p));  dL/dp = (c p - w t) / (p (1 - p)) / N;
-        from_logits=True:   L = mean((1 - t) z + c (log(1 + exp(-|z|)) + max(-z, 0)));  dL/dz = (c sigmoid(z) - w t) / N.
+        from_logits=False:  L = -mean(w t log p + (1 - t) log(1 - p));
+                            dL/dp = (c p - w t) / (p (1 - p)) / N;
+        from_logits=True:   L = mean((1 - t) z + c (log(1 + exp(-|z|)) + max(-z, 0)));
+                            dL/dz = (c sigmoid(z) - w t) / N.
     """
 
     def __init__(self, from_logits: bool = False, reduction: str = "mean", pos_weight: Any = None) -> None:
@@ -324,7 +327,8 @@ class CrossEntropy(Loss):
             target = target * _weights_like(self.weight, prediction, "CrossEntropy weight", prediction.shape[-1],
                                             self._device_weights)
             if self.reduction == "mean":  # a batch whose targets all weigh 0 contributes 0, not 0/0
-                scale = 1.0 / xp.maximum(xp.sum(target), constant(xp.finfo(prediction.dtype).smallest_normal, prediction))
+                smallest = constant(xp.finfo(prediction.dtype).smallest_normal, prediction)
+                scale = 1.0 / xp.maximum(xp.sum(target), smallest)
         if self.from_logits:
             shifted = prediction - xp.max(prediction, axis=-1, keepdims=True)
             exp_shifted = xp.exp(shifted)

@@ -65,7 +65,8 @@ def resolve(metrics: Any, loss: Any = None) -> dict[str, Metric]:
             continue
         if isinstance(metric, str):
             if metric not in METRICS:
-                raise ConfigurationError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}, or pass a function")
+                raise ConfigurationError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}, "
+                                         "or pass a function")
             resolved[metric] = METRICS[metric]
         elif callable(metric):
             resolved[getattr(metric, "__name__", type(metric).__name__)] = metric

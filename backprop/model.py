@@ -214,7 +214,8 @@ class Sequential(Layer):
         _refuse_pytorch_layout(self, state)
         host = {}
         for name, shape in expected.items():
-            value = np.asarray(self.backend.to_numpy(state[name]) if not isinstance(state[name], np.ndarray) else state[name])
+            given = state[name]
+            value = np.asarray(given if isinstance(given, np.ndarray) else self.backend.to_numpy(given))
             if value.shape != shape:
                 transposed = len(shape) == 2 and value.shape == shape[::-1]
                 raise ShapeError(f"state[{name!r}] has shape {value.shape}, the model's has {shape}"
@@ -233,11 +234,13 @@ class Sequential(Layer):
         ``dtype`` (``"float32"``/``"float64"``) if given, else keeping the model's."""
         self._require_built()
         target = get_backend(device)
-        new_dtype = target.dtype(self.dtype if dtype is None else float_dtype_name(dtype))  # raises before anything moves
+        # raises before anything moves
+        new_dtype = target.dtype(self.dtype if dtype is None else float_dtype_name(dtype))
         source, xp = self.backend, self.backend.xp
 
         def move(array: Any) -> Any:
-            return target.to_device(source.to_numpy(array), new_dtype if xp.isdtype(array.dtype, "real floating") else None)
+            floating = xp.isdtype(array.dtype, "real floating")
+            return target.to_device(source.to_numpy(array), new_dtype if floating else None)
 
         for _, layer in self._walk():
             for parameter in layer.params.values():

@@ -36,7 +36,8 @@ class Penalty:
                 raise ConfigurationError(f"penalty names unknown parameters {unknown}; the model has {sorted(named)}")
             chosen = [named[name] for name in self.parameters]
         if not chosen:
-            raise ConfigurationError("the penalty applies to no parameter of this model; name them with parameters=[...]")
+            raise ConfigurationError("the penalty applies to no parameter of this model; "
+                                     "name them with parameters=[...]")
         return chosen
 
     def __call__(self, model: Any) -> Any:

@@ -141,7 +141,8 @@ class _BackpropEstimator(BaseEstimator):
         integer(self.n_iter_no_change, "n_iter_no_change")
         choice(self.dtype, "dtype", FLOAT_DTYPES)
         if self.layers is not None and not callable(self.layers):
-            raise ConfigurationError("layers must be a callable layers(n_features, n_outputs) -> list of layers, or None")
+            raise ConfigurationError("layers must be a callable layers(n_features, n_outputs) -> list of layers, "
+                                     "or None")
 
     def _hidden_sizes(self) -> tuple[int, ...]:
         sizes = self.hidden_layer_sizes

@@ -376,9 +376,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="backend specifier for ours and the floor: cpu, cuda, cuda:N")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds (the CI smoke test)")
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--repeats", type=int, default=None, help="alternating rounds per workload (default: per workload)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="alternating rounds per workload (default: per workload)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch candidates even if it is installed")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"folder for the JSON and Markdown (default {RESULTS})")
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help=f"folder for the JSON and Markdown (default {RESULTS})")
     arguments = parser.parse_args(argv)
     if arguments.repeats is not None and arguments.repeats < 1:
         parser.error("--repeats must be at least 1")

@@ -34,7 +34,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -182,7 +182,8 @@ def markdown(report: dict) -> str:
         "",
         "| | fastest | median |",
         "|---|---|---|",
-        timing.format("one rank, whole batch, per step", *(r["one_rank_step_s"][k] * 1e3 for k in ("fastest", "median"))),
+        timing.format("one rank, whole batch, per step",
+                      *(r["one_rank_step_s"][k] * 1e3 for k in ("fastest", "median"))),
         timing.format(f"{r['ranks']} ranks, per step (slowest rank)",
                       *(r["all_ranks_step_s"][k] * 1e3 for k in ("fastest", "median"))),
         timing.format(f"Allreduce of the {r['gradient_buffer_mb']:.2f} MB buffer alone",
@@ -195,11 +196,13 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    parser = argparse.ArgumentParser(prog="mpiexec -n N python -m benchmarks.scaling", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="mpiexec -n N python -m benchmarks.scaling",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds (the smoke test)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"folder for the JSON and Markdown (default {RESULTS})")
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help=f"folder for the JSON and Markdown (default {RESULTS})")
     arguments = parser.parse_args(argv)
     settings = dict(QUICK if arguments.quick else FULL)
     settings.update({k: v for k, v in (("rounds", arguments.rounds), ("steps", arguments.steps)) if v is not None})
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not comm.is_root:
         return None
     result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
-    command = "mpiexec -n {} python -m benchmarks.scaling {}".format(comm.size, " ".join(argv if argv is not None else sys.argv[1:]))
+    flags = " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"mpiexec -n {comm.size} python -m benchmarks.scaling {flags}"
     report = {"command": command.strip(), "environment": environment("cpu"), "result": result}
     stem = f"scaling-{comm.size}ranks{'-quick' if arguments.quick else ''}"
     write_atomically(arguments.output / f"{stem}.json", json.dumps(report, indent=1) + "\n")

@@ -10,7 +10,8 @@ def parse_args(description: str, epochs: int, argv: Sequence[str] | None,
                extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """``--device`` (default ``cpu``; e.g. ``cuda``, ``torch:cpu``, ``array_api_strict``) and ``--epochs``."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:N, torch:cpu, array_api_strict, ...")
+    parser.add_argument("--device", default="cpu",
+                        help="where to train: cpu, cuda, cuda:N, torch:cpu, array_api_strict, ...")
     parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
     if extra is not None:
         extra(parser)

@@ -47,7 +47,8 @@ def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def train_ours(args: Any, x_train, y_train, x_test, y_test) -> dict:
-    model = bp.Sequential(bp.Dense(64, args.hidden), bp.ReLU(), bp.Dense(args.hidden, 10), device=args.device, seed=args.seed)
+    model = bp.Sequential(bp.Dense(64, args.hidden), bp.ReLU(), bp.Dense(args.hidden, 10),
+                          device=args.device, seed=args.seed)
     optimizer = OPTIMIZERS[args.optimizer][0](model.parameters(), args)
     start = time.perf_counter()
     history = model.fit(x_train, y_train, bp.losses.CrossEntropy(), optimizer, epochs=args.epochs,
@@ -87,13 +88,15 @@ def train_sklearn(args: Any, x_train, y_train, x_test, y_test) -> dict:
         warnings.simplefilter("ignore", ConvergenceWarning)  # it ran the epochs we asked for
         classifier.fit(x_train, y_train)
     seconds = time.perf_counter() - start
-    return {"accuracy": float(classifier.score(x_test, y_test)), "seconds": seconds, "loss": list(classifier.loss_curve_)}
+    return {"accuracy": float(classifier.score(x_test, y_test)), "seconds": seconds,
+            "loss": list(classifier.loss_curve_)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     def options(parser):
         parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd", help="optimiser (default sgd)")
-        parser.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
+        parser.add_argument("--lr", type=float, default=None,
+                            help="learning rate (default 0.05 for sgd, 1e-3 for adam)")
         parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
         parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
         parser.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")

@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             places = decimals(written)
             if round(value, places) != round(written, places):
                 differences.append(name)
-                note = f"DIFFERS: the tutorial writes {written} ({why})" if why else f"DIFFERS: the tutorial writes {written}"
+                note = f"DIFFERS: the tutorial writes {written}" + (f" ({why})" if why else "")
             else:
                 note = f"agrees with the tutorial's {written} to the {places} decimals it prints"
         print(f"{name:>10} {value:>12.6f} {'' if name not in TUTORIAL else TUTORIAL[name][0]:>10}  {note}")
@@ -142,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     steps = len(outputs) - 1
     reached = abs(outputs[-1] - TARGET) < 1e-3
     if reached:
-        print(f"training from the tutorial's weights: |y5 - {TARGET}| < 1e-3 after {steps} steps (y5 = {outputs[-1]:.6f})")
+        print(f"training from the tutorial's weights: |y5 - {TARGET}| < 1e-3 after {steps} steps "
+              f"(y5 = {outputs[-1]:.6f})")
     else:
         print(f"training from the tutorial's weights: y5 = {outputs[-1]:.6f} after {steps} steps, not yet within 1e-3")
 

@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
 
     args = _common.parse_args("XOR with a 2-4-1 sigmoid network.", 10_000, argv, options)
-    model = bp.Sequential(bp.Dense(2, 4), bp.Sigmoid(), bp.Dense(4, 1), bp.Sigmoid(), device=args.device, seed=args.seed)
+    model = bp.Sequential(bp.Dense(2, 4), bp.Sigmoid(), bp.Dense(4, 1), bp.Sigmoid(),
+                          device=args.device, seed=args.seed)
     optimizer = bp.optim.SGD(model.parameters(), lr=args.lr)
     print(f"XOR, 2-4-1 sigmoid network on {model.device}: MSE, SGD lr {args.lr}, {args.epochs} epochs, full batch")
     history = model.fit(INPUTS, TARGETS, loss=bp.losses.MeanSquaredError(), optimizer=optimizer, epochs=args.epochs,

@@ -212,7 +212,10 @@ class RecordingArray:
     __hash__ = None  # type: ignore[assignment]
 
 
-for _name in ["add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift", "radd", "rsub", "rmul", "rtruediv", "rfloordiv", "rmod", "rpow", "rmatmul", "rand", "ror", "rxor", "iadd", "isub", "imul", "itruediv", "ipow", "iand", "ior", "imatmul", "lt", "le", "gt", "ge", "eq", "ne", "neg", "pos", "abs", "invert"]:
+for _name in ["add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift",
+              "rshift", "radd", "rsub", "rmul", "rtruediv", "rfloordiv", "rmod", "rpow", "rmatmul", "rand", "ror",
+              "rxor", "iadd", "isub", "imul", "itruediv", "ipow", "iand", "ior", "imatmul",
+              "lt", "le", "gt", "ge", "eq", "ne", "neg", "pos", "abs", "invert"]:
     setattr(RecordingArray, f"__{_name}__", _operator(f"__{_name}__"))
 
 

@@ -115,7 +115,8 @@ def test_subtract_scaled_equals_reference(backend, shape, dtype):
 
 def test_numpy_subtract_scaled_is_bitwise_the_reference_even_for_a_transposed_update():
     rng = np.random.default_rng(1)
-    target, update = rng.standard_normal((400, 300)).astype(np.float32), rng.standard_normal((300, 400)).astype(np.float32)
+    target = rng.standard_normal((400, 300)).astype(np.float32)
+    update = rng.standard_normal((300, 400)).astype(np.float32)
     expected = target - np.float32(0.1) * update.T
     for update_view in (update.T, np.ascontiguousarray(update.T)):
         result = bp.get_backend("cpu").subtract_scaled(target.copy(), 0.1, update_view)

@@ -56,7 +56,8 @@ def train(model, optimizer, steps):
 
 
 def slots(model):
-    return {f"{name}/{slot}": bp.to_numpy(value) for name, p in model.named_parameters() for slot, value in p.state.items()}
+    return {f"{name}/{slot}": bp.to_numpy(value)
+            for name, p in model.named_parameters() for slot, value in p.state.items()}
 
 
 def assert_identical(left: dict, right: dict):
@@ -137,7 +138,8 @@ def test_dtype_can_be_overridden_for_a_device_without_float64(tmp_path):
         bp.load(path, device="array_api_strict:no_float64")
     model = bp.load(path, device="array_api_strict:no_float64", dtype="float32")
     assert model.dtype == "float32"
-    np.testing.assert_array_equal(model.state_dict()["0.weight"], make_model().state_dict()["0.weight"].astype(np.float32))
+    np.testing.assert_array_equal(model.state_dict()["0.weight"],
+                                  make_model().state_dict()["0.weight"].astype(np.float32))
 
 
 # -- resuming ---------------------------------------------------------------------------------------------------
@@ -334,7 +336,8 @@ def test_a_newer_format_version_is_refused(saved, monkeypatch):
     monkeypatch.setattr(ckpt, "FORMAT_VERSION", 3)
     bp.save(make_model(), saved)
     monkeypatch.setattr(ckpt, "FORMAT_VERSION", 2)
-    with pytest.raises(CheckpointError, match="format version 3, this backprop reads versions 1, 2; it was written by a newer backprop: upgrade"):
+    with pytest.raises(CheckpointError, match="format version 3, this backprop reads versions 1, 2; "
+                                              "it was written by a newer backprop: upgrade"):
         bp.load(saved)
 
 
@@ -377,7 +380,8 @@ def test_a_checkpoint_that_does_not_fit_names_the_tensor_and_both_shapes(saved):
     with pytest.raises(CheckpointError, match=r"'0.weight' has shape \(3, 4\) in the file, \(3, 6\) in the model"):
         bp.load_into(wider, saved)
     assert_identical(wider.state_dict(), before)
-    with pytest.raises(CheckpointError, match=r"another architecture: layers \['Dense', 'Tanh', 'Dense'\], the model has \['Dense', 'ReLU', 'Dense'\]"):
+    with pytest.raises(CheckpointError, match=r"another architecture: layers \['Dense', 'Tanh', 'Dense'\], "
+                                              r"the model has \['Dense', 'ReLU', 'Dense'\]"):
         bp.load_into(bp.Sequential(bp.Dense(3, 4), bp.ReLU(), bp.Dense(4, 2)), saved)
     with pytest.raises(CheckpointError, match=r"in the file but not in the model \['0.bias'\]"):
         bp.load_into(bp.Sequential(bp.Dense(3, 4, bias=False), bp.Tanh(), bp.Dense(4, 2), dtype="float64"), saved)
@@ -578,7 +582,8 @@ def test_safetensors_export_reads_back(dtype, running_mean, tmp_path):
 
 
 def test_safetensors_export_reads_back_with_the_safetensors_package(tmp_path):
-    safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="safetensors is not installed: pip install safetensors")
+    safetensors_numpy = pytest.importorskip("safetensors.numpy",
+                                            reason="safetensors is not installed: pip install safetensors")
     model = make_model(dtype="float32")
     tensors = safetensors_numpy.load_file(str(bp.export_safetensors(model, tmp_path / "m.safetensors")))
     assert_identical(tensors, model.state_dict())

@@ -178,7 +178,8 @@ def test_flat_or_channelless_inputs_name_the_reshape_that_fixes_them():
 
 
 def test_a_wrong_channel_count_names_the_layer_and_both_counts():
-    with pytest.raises(ShapeError, match=r"layer 2 \(Conv2d\).*Conv2d\(8, 4, .*expects 8 input channels, but its input has 6"):
+    with pytest.raises(ShapeError,
+                       match=r"layer 2 \(Conv2d\).*Conv2d\(8, 4, .*expects 8 input channels, but its input has 6"):
         bp.Sequential(bp.Conv2d(1, 6, 3), bp.ReLU(), bp.Conv2d(8, 4, 3), input_shape=(1, 10, 10))
     with pytest.raises(ShapeError, match=r"BatchNorm2d.*expects 5 input channels, but its input has 6.*num_features"):
         bp.Sequential(bp.Conv2d(1, 6, 3), bp.BatchNorm2d(5), input_shape=(1, 10, 10))

@@ -83,7 +83,8 @@ def assert_identical_replicas(results: list[dict]) -> None:
             assert result[key] == results[0][key], f"rank {rank}'s {key} differ from rank 0's"
 
 
-EXACT = ["sgd_momentum", "adam", "second_device", "convolution", "small_batch", "penalty", "dropout", "class_weights", "clipping", "early_stopping"]
+EXACT = ["sgd_momentum", "adam", "second_device", "convolution", "small_batch", "penalty", "dropout", "class_weights",
+         "clipping", "early_stopping"]
 
 
 @needs_mpi

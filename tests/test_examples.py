@@ -103,7 +103,8 @@ def test_gradient_descent_reaches_minus_two_and_diverges_with_a_large_rate(capsy
     for (label, path), start, lr in zip(result["paths"].items(), (0.0, -4.0, 0.0), (0.1, 0.1, 1.05)):
         assert len(path) == 41
         # x_k + 2 = (x_0 + 2) (1 - 2 lr)^k
-        np.testing.assert_allclose(np.array(path) + 2, (start + 2) * (1 - 2 * lr) ** np.arange(41), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.array(path) + 2, (start + 2) * (1 - 2 * lr) ** np.arange(41),
+                                   rtol=1e-9, atol=1e-12)
     assert_plot("gradient_descent_1d.png", output)
 
 
@@ -127,7 +128,8 @@ def test_digits_accuracy_above_090_next_to_scikit_learn(capsys, optimizer):
     # the validation-curve run retraces the timed run exactly; the confusion matrix counts the test predictions
     assert ours["curve"]["loss"] == ours["loss"] and len(ours["curve"]["val_accuracy"]) == 5
     assert ours["curve"]["val_accuracy"][-1] == pytest.approx(ours["accuracy"], abs=1e-6)
-    assert ours["confusion"].sum() == 450 and np.trace(ours["confusion"]) / 450 == pytest.approx(ours["accuracy"], abs=1e-6)
+    assert ours["confusion"].sum() == 450
+    assert np.trace(ours["confusion"]) / 450 == pytest.approx(ours["accuracy"], abs=1e-6)
     assert "most frequent confusion on the test set:" in output
     assert_plot("digits.png", output)
 
@@ -143,7 +145,8 @@ def test_digits_cnn_beside_the_mlps_with_and_without_augmentation(capsys):
     for run in (cnn, augmented):  # the untimed curve run retraces the timed one
         assert run["curve"]["loss"] == run["loss"] and len(run["curve"]["val_accuracy"]) == 3
         assert run["curve"]["val_accuracy"][-1] == pytest.approx(run["accuracy"], abs=1e-6)
-    assert cnn["confusion"].sum() == 450 and np.trace(cnn["confusion"]) / 450 == pytest.approx(cnn["accuracy"], abs=1e-6)
+    assert cnn["confusion"].sum() == 450
+    assert np.trace(cnn["confusion"]) / 450 == pytest.approx(cnn["accuracy"], abs=1e-6)
     assert augmented["loss"] != cnn["loss"]  # the augmented stream trained on other images
     change = 100 * (augmented["accuracy"] - cnn["accuracy"])
     assert f"augmentation changed the CNN's test accuracy by {change:+.2f} points" in output

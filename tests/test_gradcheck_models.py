@@ -64,7 +64,8 @@ def test_gradcheck_on_new_layers_and_nested_models(backend, layers, input_shape)
 def test_a_wrong_input_gradient_in_the_first_layer_is_caught():
     model = bp.Sequential(DoubledInputGradient(), bp.Dense(3, 2), dtype="float64", seed=0)
     x, y = RNG.normal(size=(4, 3)), RNG.normal(size=(4, 2))
-    with pytest.raises(GradientCheckError, match=r"gradient of the input x at \(\d, \d\): analytic .* finite differences"):
+    with pytest.raises(GradientCheckError,
+                       match=r"gradient of the input x at \(\d, \d\): analytic .* finite differences"):
         bp.gradcheck(model, MSE, x, y)
     fine = bp.Sequential(bp.Identity(), bp.Dense(3, 2), dtype="float64", seed=0)
     assert bp.gradcheck(fine, MSE, x, y) < 1e-6

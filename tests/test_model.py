@@ -49,7 +49,8 @@ def test_backward_returns_the_input_gradient():
         plus, minus = X.copy(), X.copy()
         plus[index] += eps
         minus[index] -= eps
-        numeric[index] = (np.sum(bp.to_numpy(m.predict(plus)) * g) - np.sum(bp.to_numpy(m.predict(minus)) * g)) / (2 * eps)
+        difference = np.sum(bp.to_numpy(m.predict(plus)) * g) - np.sum(bp.to_numpy(m.predict(minus)) * g)
+        numeric[index] = difference / (2 * eps)
     np.testing.assert_allclose(dx, numeric, rtol=1e-6, atol=1e-9)
     assert backward(g, need_input_grad=False) is None
 
@@ -98,6 +99,7 @@ def test_host_data_forms_are_accepted(backend):
     m = model(backend)
     expected = bp.to_numpy(m.predict(X))
     np.testing.assert_allclose(bp.to_numpy(m.predict(X.tolist())), expected, rtol=1e-12)
-    np.testing.assert_allclose(bp.to_numpy(m(X.astype(np.float32))), bp.to_numpy(m.predict(X.astype(np.float32).astype(float))), rtol=1e-12)
+    np.testing.assert_allclose(bp.to_numpy(m(X.astype(np.float32))),
+                               bp.to_numpy(m.predict(X.astype(np.float32).astype(float))), rtol=1e-12)
     ints = bp.to_numpy(m.predict(np.array([[1, 0, 2]])))
     np.testing.assert_allclose(ints, bp.to_numpy(m.predict(np.array([[1.0, 0.0, 2.0]]))), rtol=1e-12)

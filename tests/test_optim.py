@@ -138,7 +138,8 @@ def test_parameters_without_gradient_are_skipped_as_in_torch(torch, case):
     backend = bp.get_backend("cpu")
     rng = np.random.default_rng(3)
     starts = [rng.normal(size=(4,)), rng.normal(size=(2, 3))]
-    ours = [bp.Parameter(f"p{i}", backend.to_device(s, backend.dtype("float64")), backend) for i, s in enumerate(starts)]
+    ours = [bp.Parameter(f"p{i}", backend.to_device(s, backend.dtype("float64")), backend)
+            for i, s in enumerate(starts)]
     theirs = [torch.tensor(s, requires_grad=True) for s in starts]
     optimizer, reference = make_optimizer(case, ours), torch_optimizer(torch, case, theirs)
     for step in range(8):
@@ -287,9 +288,11 @@ def test_clipping_skips_parameters_without_gradient_and_reports_non_finite_norms
     first = model.backend.to_numpy(model.parameters()[0].grad).copy()
     norm = float(bp.optim.clip_grad_norm(model.parameters(), 1e-3))
     assert not model.parameters()[1].has_grad
-    expected = math.sqrt(sum(float(np.sum(model.backend.to_numpy(p.grad) ** 2)) for p in model.parameters() if p.has_grad))
+    expected = math.sqrt(sum(float(np.sum(model.backend.to_numpy(p.grad) ** 2))
+                             for p in model.parameters() if p.has_grad))
     assert norm > expected  # it shrank
-    np.testing.assert_allclose(model.backend.to_numpy(model.parameters()[0].grad), first * (1e-3 / (norm + 1e-6)), rtol=1e-12)
+    np.testing.assert_allclose(model.backend.to_numpy(model.parameters()[0].grad), first * (1e-3 / (norm + 1e-6)),
+                               rtol=1e-12)
     model.parameters()[0].grad[0, 0] = np.inf
     with pytest.raises(NonFiniteError, match="inf"):
         bp.optim.clip_grad_norm(model.parameters(), 1.0, error_if_nonfinite=True)

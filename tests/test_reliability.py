@@ -560,8 +560,8 @@ def test_a_tensor_that_requires_grad_is_detached_at_the_boundary(torch):
     y = np.random.default_rng(1).standard_normal((8, 1))
     tracked = torch.tensor(x_host, requires_grad=True)
     for net, x in ((model, tracked), (reference, x_host)):
-        net.fit(x, y, bp.losses.MeanSquaredError(), bp.optim.SGD(net.parameters(), lr=0.1), epochs=2, batch_size=4, seed=0,
-                verbose=0)
+        net.fit(x, y, bp.losses.MeanSquaredError(), bp.optim.SGD(net.parameters(), lr=0.1), epochs=2, batch_size=4,
+                seed=0, verbose=0)
     assert all(p.value.grad_fn is None and not p.value.requires_grad for p in model.parameters())
     assert tracked.grad is None
     for ours, theirs in zip(model.parameters(), reference.parameters()):

@@ -7,7 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn", minversion="1.7", reason="backprop.sklearn needs scikit-learn >= 1.7 (the sklearn extra)")
+pytest.importorskip("sklearn", minversion="1.7",
+                    reason="backprop.sklearn needs scikit-learn >= 1.7 (the sklearn extra)")
 
 from sklearn.datasets import load_digits, load_iris  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
@@ -90,7 +91,8 @@ def test_loss_curve_is_what_bp_fit_logs_with_the_same_seeds():
         clf.fit(x, y)
     seeds = np.random.default_rng(np.random.RandomState(3).randint(0, 2**31 - 1))
     model_seed, fit_seed = int(seeds.integers(0, 2**31 - 1)), int(seeds.integers(0, 2**31 - 1))
-    model = bp.Sequential(bp.Dense(4, 5, init="he_uniform"), bp.ReLU(), bp.Dense(5, 3), dtype="float64", seed=model_seed)
+    model = bp.Sequential(bp.Dense(4, 5, init="he_uniform"), bp.ReLU(), bp.Dense(5, 3),
+                          dtype="float64", seed=model_seed)
     history = model.fit(x, y, bp.losses.CrossEntropy(from_logits=True),
                         bp.optim.SGD(model.parameters(), lr=0.05, momentum=0.5), 4, batch_size=50, seed=fit_seed,
                         penalty=bp.penalties.L2(0.01 / 100), verbose=0)

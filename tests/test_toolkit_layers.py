@@ -64,7 +64,8 @@ def test_batchnorm_matches_torch_over_training_steps_then_eval(torch):
     ours = bp.Sequential(bp.BatchNorm1d(3, momentum=0.2, eps=1e-3), dtype="float64")
     reference = torch.nn.BatchNorm1d(3, momentum=0.2, eps=1e-3, dtype=torch.float64)
     gamma, beta = rng.normal(size=3), rng.normal(size=3)
-    ours.load_state_dict({"0.weight": gamma, "0.bias": beta, "0.running_mean": np.zeros(3), "0.running_var": np.ones(3)})
+    ours.load_state_dict({"0.weight": gamma, "0.bias": beta,
+                          "0.running_mean": np.zeros(3), "0.running_var": np.ones(3)})
     with torch.no_grad():
         reference.weight.copy_(torch.tensor(gamma))
         reference.bias.copy_(torch.tensor(beta))

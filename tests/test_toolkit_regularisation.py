@@ -150,7 +150,8 @@ def test_gradcheck_weighted_losses(loss, target):
 def test_gradcheck_weighted_bce_on_probabilities():
     x, _ = _data()
     model = bp.Sequential(bp.Dense(4, 3), bp.Sigmoid(), dtype="float64", seed=3)
-    assert bp.gradcheck(model, bp.losses.BinaryCrossEntropy(pos_weight=2.5), x, (np.arange(18) % 2).reshape(6, 3)) < 1e-6
+    target = (np.arange(18) % 2).reshape(6, 3)
+    assert bp.gradcheck(model, bp.losses.BinaryCrossEntropy(pos_weight=2.5), x, target) < 1e-6
 
 
 def test_class_weight_errors_name_the_problem_and_zero_weight_batches_contribute_nothing():
@@ -161,14 +162,16 @@ def test_class_weight_errors_name_the_problem_and_zero_weight_batches_contribute
         bp.losses.CrossEntropy(weight=[1.0, -2.0, 1.0])
     with pytest.raises(bp.errors.ShapeError, match="must have 1 dimension"):
         bp.losses.CrossEntropy(weight=2.0)
-    value, grads = bp.value_and_grad(_model(), bp.losses.CrossEntropy(weight=[0.0, 1.0, 1.0]), x, np.zeros(6, dtype=int))
+    value, grads = bp.value_and_grad(_model(), bp.losses.CrossEntropy(weight=[0.0, 1.0, 1.0]), x,
+                                     np.zeros(6, dtype=int))
     assert value == 0.0 and not any(g.any() for g in grads.values()), "a batch of weight 0 contributes 0"
 
 
 def test_weighted_losses_on_every_backend_agree_with_numpy(backend):
     x, _ = _data()
     cases = [(bp.losses.CrossEntropy(weight=CLASS_WEIGHTS), np.array([0, 2, 1, 2, 2, 0])),
-             (bp.losses.BinaryCrossEntropy(from_logits=True, pos_weight=[1.0, 4.0, 0.5]), (np.arange(18) % 2).reshape(6, 3))]
+             (bp.losses.BinaryCrossEntropy(from_logits=True, pos_weight=[1.0, 4.0, 0.5]),
+              (np.arange(18) % 2).reshape(6, 3))]
     for loss, target in cases:
         results = []
         for device in ("cpu", backend):

@@ -222,7 +222,8 @@ def test_divergence_names_epoch_and_batch_and_restores_the_last_finite_state():
         step += 1
     epoch, batch = step // 2 + 1, step % 2 + 1
     assert epoch >= 2  # the test exercises a restore that is not the initial state
-    with pytest.raises(DivergenceError, match=rf"epoch {epoch} of 50, batch {batch} of 2.*smaller learning rate") as caught:
+    with pytest.raises(DivergenceError,
+                       match=rf"epoch {epoch} of 50, batch {batch} of 2.*smaller learning rate") as caught:
         model.fit(X, Y, bp.losses.MeanSquaredError(), optimizer, epochs=50, batch_size=batch_size, shuffle=False,
                   verbose=0)
     assert (caught.value.epoch, caught.value.batch) == (epoch, batch)
@@ -324,7 +325,8 @@ def test_device_arrays_are_used_without_a_copy(monkeypatch):
     x, y = model.backend.to_device(X, model._dtype), model.backend.to_device(Y, model._dtype)
     transfers = []
     original = Backend.to_device
-    monkeypatch.setattr(Backend, "to_device", lambda self, host, dtype=None: transfers.append(1) or original(self, host, dtype))
+    monkeypatch.setattr(Backend, "to_device",
+                        lambda self, host, dtype=None: transfers.append(1) or original(self, host, dtype))
     history = model.fit(x, y, bp.losses.MeanSquaredError(), bp.optim.SGD(model.parameters(), lr=0.05), epochs=2,
                         verbose=0)
     assert transfers == [] and len(history.history["loss"]) == 2

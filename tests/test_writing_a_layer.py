@@ -40,10 +40,12 @@ def test_the_readme_layer_example_runs_and_round_trips(tmp_path, monkeypatch):
 def test_the_example_layer_fails_the_gradient_check_with_a_wrong_backward(tmp_path, monkeypatch):
     """The example's gradcheck could fail: with dL/dx off by a factor, it raises."""
     monkeypatch.chdir(tmp_path)
-    broken = readme_example().replace("return dy * scale if need_dx else None", "return 2 * dy * scale if need_dx else None")
+    broken = readme_example().replace("return dy * scale if need_dx else None",
+                                      "return 2 * dy * scale if need_dx else None")
     assert broken != readme_example()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(bp.errors.GradientCheckError, match="gradient of"):
+        with (contextlib.redirect_stdout(io.StringIO()),
+              pytest.raises(bp.errors.GradientCheckError, match="gradient of")):
             exec(compile(broken, str(README), "exec"), {"__name__": "readme_example"})
     finally:
         LAYERS.pop("PReLU", None)

@@ -12,8 +12,8 @@ from backprop.layers.registry import LAYERS, register_layer
 from backprop.layers.reshape import Flatten, Reshape
 from backprop.layers.residual import Residual
 
-for _cls in (Dense, Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Dropout, BatchNorm1d, LayerNorm, Flatten, Reshape,
-             Residual, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm2d):
+for _cls in (Dense, Identity, Sigmoid, Tanh, ReLU, LeakyReLU, Softmax, Dropout, BatchNorm1d, LayerNorm, Flatten,
+             Reshape, Residual, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, BatchNorm2d):
     register_layer(_cls)
 del _cls
 

@@ -74,7 +74,8 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        self.negative_slope = number(negative_slope, "LeakyReLU negative_slope", meaning="the slope for x < 0, e.g. 0.01")
+        self.negative_slope = number(negative_slope, "LeakyReLU negative_slope",
+                                     meaning="the slope for x < 0, e.g. 0.01")
 
     def forward(self, x, training=False):
         xp = self.backend.xp

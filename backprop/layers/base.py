@@ -258,8 +258,8 @@ def allocation_budget(nbytes: int) -> Iterator[None]:
 
 def shape_mismatch(who: str, expected: Shape, got: Shape, source: str) -> ShapeError:
     """The `ShapeError` for a layer ``who`` that requires per-sample shape ``expected`` but receives ``got`` from
-    ``source`` ("its input has", "the layer before it produces"), with the fix where one is plain: a Flatten or a Reshape
-    when only the arrangement differs."""
+    ``source`` ("its input has", "the layer before it produces"), with the fix where one is plain: a Flatten or a
+    Reshape when only the arrangement differs."""
     if len(expected) == 1 and len(got) == 1:
         message = f"{who} expects {expected[0]} input features, but {source} {got[0]} (per-sample shapes " \
                   f"{expected} and {got})"

@@ -112,7 +112,8 @@ def _padding(padding: Any, kernel: tuple[int, int], stride: tuple[int, int], dil
     """``"valid"``, ``"same"`` (stride 1 only) or a pair of non-negative ints."""
     if isinstance(padding, str):
         if padding not in ("valid", "same"):
-            raise ConfigurationError(f"Conv2d padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+            raise ConfigurationError(f"Conv2d padding must be an int, a pair of ints, 'valid' or 'same', "
+                                     f"got {padding!r}")
         if padding == "same" and stride != (1, 1):
             raise ConfigurationError(
                 f"Conv2d padding='same' needs stride 1 (got stride {stride}), as in PyTorch; give the padding as "

@@ -49,7 +49,8 @@ class Adam(Optimizer):
         second += squared
         parameter.state["exp_avg_sq"] = second
         if self.amsgrad:
-            second = parameter.state["max_exp_avg_sq"] = xp.maximum(self.slot(parameter, "max_exp_avg_sq", step), second)
+            largest = xp.maximum(self.slot(parameter, "max_exp_avg_sq", step), second)
+            second = parameter.state["max_exp_avg_sq"] = largest
         denominator = xp.sqrt(second)
         denominator /= math.sqrt(1.0 - beta2**step)
         denominator += self.eps

@@ -59,7 +59,8 @@ class Schedule(Callback):
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {"type": type(self).__name__, "base_lr": self.base_lr, "last_step": self.last_step, **self.hyperparameters()}
+        return {"type": type(self).__name__, "base_lr": self.base_lr, "last_step": self.last_step,
+                **self.hyperparameters()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``'s data (hyper-parameters included) and set the optimiser's rate to match."""
