@@ -87,7 +87,7 @@ class HorizontalFlip:
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = _images(x, "HorizontalFlip")
-        flip = rng.random(x.shape[0]) < self.p
+        flip = rng.random(len(x)) < self.p
         return np.where(flip[:, None, None, None], x[..., ::-1], x)
 
     def __repr__(self) -> str:

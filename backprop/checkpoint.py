@@ -130,7 +130,7 @@ def save(model: Any, path: PathLike, optimizer: Any = None, extra: Mapping[str, 
         blob = _little_endian(host, name)
         table.append({
             "name": name, "role": role, "dtype": blob.dtype.str, "shape": list(blob.shape),
-            "offset": offset, "length": blob.nbytes, "crc32": zlib.crc32(blob),
+            "offset": offset, "length": blob.nbytes, "crc32": zlib.crc32(blob.data),
         })
         blobs.append(blob)
         offset += blob.nbytes
@@ -364,7 +364,7 @@ def _restore(path: PathLike, device: "str | Backend | None", dtype: str | None, 
         if tensors:
             raise CheckpointError(f"{path} holds tensors but no input shape to build its model for")
         return Checkpoint(model=model, optimizer=None, extra=document["extra"])
-    if built_for is not None and list(model.input_shape) != built_for:
+    if built_for is not None and (model.input_shape is None or list(model.input_shape) != built_for):
         raise CheckpointError(f"{path}: the model was saved for per-sample inputs of shape {built_for}, but its "
                               f"layers take {model.input_shape}")
     _check_fit(model, tensors, path)
@@ -438,7 +438,8 @@ def _architecture(document: dict, path: PathLike) -> tuple[list, Any]:
         raise CheckpointError(f"{path} holds a {kind!r} model; this backprop rebuilds Sequential only")
     if document["format_version"] == 1:
         config = described.get("config")
-        node = {"type": "Sequential", "config": {"layers": config.get("layers") if isinstance(config, dict) else None}}
+        node: Any = {"type": "Sequential",
+                     "config": {"layers": config.get("layers") if isinstance(config, dict) else None}}
     else:
         node = described.get("architecture")
     config = node.get("config") if isinstance(node, dict) else None

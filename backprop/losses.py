@@ -81,7 +81,7 @@ def warn_if_activation_mismatch(model: Any, loss: Loss) -> None:
     from backprop.layers.activations import Sigmoid, Softmax
 
     expected = {CrossEntropy: Softmax, BinaryCrossEntropy: Sigmoid}.get(type(loss))
-    last = model.layers[-1] if getattr(model, "layers", None) else None
+    last: Any = model.layers[-1] if getattr(model, "layers", None) else None
     while getattr(last, "layers", None):  # a container's output is its last layer's
         last = last.layers[-1]
     if expected is None or last is None:

@@ -120,7 +120,7 @@ class _BackpropEstimator(BaseEstimator):
     # -- building -------------------------------------------------------------------------------------------
     def _check_parameters(self) -> None:
         """Every hyper-parameter checked before anything changes (scikit-learn estimators check in fit)."""
-        sizes = self.hidden_layer_sizes
+        sizes: Any = self.hidden_layer_sizes  # whatever the user set: checked here
         sizes = (sizes,) if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool) else sizes
         if not isinstance(sizes, (list, tuple)):
             raise ConfigurationError(f"hidden_layer_sizes must be a tuple of layer widths, e.g. (100,), got {sizes!r}")

@@ -49,8 +49,8 @@ def number(value: Any, name: str, *, low: float | None = None, high: float | Non
 def integer(value: Any, name: str, low: int = 1, meaning: str = "", high: int | None = None) -> int:
     """``value`` as an int in [low, high] (``high=None``: no upper bound; NumPy integers accepted, booleans and
     whole floats refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
-            or (high is not None and value > high):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low \
+            or (high is not None and int(value) > high):
         kind = f"an integer in [{low}, {high}]" if high is not None \
             else "a positive integer" if low == 1 else f"an integer >= {low}"
         described = f" ({meaning})" if meaning else ""

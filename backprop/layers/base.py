@@ -93,7 +93,8 @@ class Layer:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__ and not cls.__dict__.get("enters_device_context", False):
-            cls.forward = _in_device_context(cls.__dict__["forward"])
+            # deliberately replaces the subclass's own forward with the same method wrapped in its device context
+            cls.forward = _in_device_context(cls.__dict__["forward"])  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self.params: dict[str, Parameter] = {}

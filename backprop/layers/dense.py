@@ -63,7 +63,8 @@ class Dense(Layer):
         return y, backward
 
     def config(self) -> dict:
-        described = {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias}
+        described: dict[str, Any] = {"in_features": self.in_features, "out_features": self.out_features,
+                                     "bias": self.bias}
         for key in ("init", "bias_init"):
             value = getattr(self, key)
             if isinstance(value, str):

@@ -75,7 +75,8 @@ class Dropout(Layer):
             self._shard = None
 
     def random_state(self) -> dict | None:
-        return None if self._generator is None else self._generator.bit_generator.state
+        # NumPy's stubs type the state as a Mapping; it is a fresh dict each time, and dict() keeps it one
+        return None if self._generator is None else dict(self._generator.bit_generator.state)
 
     def set_random_state(self, state: dict) -> None:
         if self._generator is None:
@@ -111,6 +112,8 @@ class Dropout(Layer):
                     "keep the batch shape constant inside fixed_randomness()"
                 )
             return self.last_mask
+        if self._generator is None:
+            raise ConfigurationError("Dropout has no generator before it is built; put it in a Sequential first")
         keep = self._generator.random(shape) >= self.p
         self.last_mask = keep / (1.0 - self.p)
         return self.last_mask

@@ -28,7 +28,8 @@ class _Pool2d(Layer):
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ConfigurationError(f"{name} padding {self.padding} must be at most half the kernel size "
                                      f"{self.kernel_size}, as in PyTorch")
-        self.window = Window(self.kernel_size, self.stride, (1, 1), tuple((p, p) for p in self.padding))
+        pad_height, pad_width = self.padding
+        self.window = Window(self.kernel_size, self.stride, (1, 1), ((pad_height, pad_height), (pad_width, pad_width)))
 
     def build(self, input_shape, backend, dtype, rng):
         shape = check_images(repr(self), input_shape)

@@ -74,7 +74,8 @@ class Schedule(Callback):
         self.last_step = last_step
         self.optimizer.lr = self.lr_at(last_step)
 
-    def set_hyperparameters(self, **hyperparameters: Any) -> None:
+    # (*args: Any, **kwargs: Any) lets each schedule declare its own keyword parameters (mypy reads it as "...")
+    def set_hyperparameters(self, *args: Any, **hyperparameters: Any) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -182,7 +183,7 @@ class LinearWarmup(Schedule):
                 "the saved warm-up " + ("had no schedule after it" if after is None else "was followed by a schedule")
                 + ", this one " + ("has one" if after is None else "has none")
             )
-        if after is not None:
+        if after is not None and self.after is not None:  # both or neither, checked above
             self.after.load_state_dict(after)
         super().load_state_dict(state)
 
