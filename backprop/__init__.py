@@ -19,9 +19,9 @@ from backprop.parameter import Parameter
 from backprop.training import History
 
 # bp.callbacks.ModelCheckpoint too: it is defined beside save() in backprop.checkpoint, which imports this module's
-# Callback, so the callbacks module cannot import it back; the package links it in once both exist. (callbacks
-# imports the same class under TYPE_CHECKING for type checkers, which then refuse an assignment to a class name.)
-callbacks.ModelCheckpoint = ModelCheckpoint  # type: ignore[misc]
+# Callback, so the callbacks module cannot import it back; the package links it in once both exist (an attribute
+# that type checkers therefore do not see declared in callbacks).
+callbacks.ModelCheckpoint = ModelCheckpoint  # type: ignore[attr-defined]
 
 __version__ = "0.1.0"
 

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from backprop.errors import ConfigurationError
 from backprop.validation import choice, flag, instance, integer, number
-
-if TYPE_CHECKING:  # at run time the package links it in (backprop/__init__.py): checkpoint imports this module
-    from backprop.checkpoint import ModelCheckpoint as ModelCheckpoint
 
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
 _HIGHER_IS_BETTER = {"accuracy", "acc", "auc", "precision", "recall", "f1", "fbeta", "r2", "iou", "dice", "score"}
