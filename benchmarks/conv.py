@@ -3,6 +3,7 @@
     python -m benchmarks.conv                 # every workload, a few minutes
     python -m benchmarks.conv --quick         # tiny sizes, a few seconds (the smoke test)
     python -m benchmarks.conv --workloads conv1 digits --repeats 21
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python -m benchmarks.conv    # one thread each, as the issue measured
 
 Candidates per workload, timed in rounds whose order is shuffled every round (``benchmarks.run.time_candidates``):
 
@@ -31,7 +32,7 @@ import numpy as np
 import backprop as bp
 from backprop.gradients import loss_and_backward
 from benchmarks.run import RESULTS, _bytes, _json_default, _ratio, _time, environment, ratio, time_candidates
-from benchmarks.run import torch_available, write_atomically
+from benchmarks.run import threads_line, torch_available, write_atomically
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
         "in brackets). Ours = the array-API reference on NumPy; ours on torch = our layers on the torch:cpu backend "
         "(PyTorch's convolution and pooling kernels, our backward pass).", "",
         table(report),
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".", ""])
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".", "",
+        threads_line(env), ""])
     write_atomically(arguments.output / f"{stem}.json", json.dumps(report, indent=1, default=_json_default) + "\n")
     write_atomically(arguments.output / f"{stem}.md", text)
     print(table(report))

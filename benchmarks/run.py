@@ -223,6 +223,17 @@ def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int,
 
 
 # -- environment ----------------------------------------------------------------------------------------------
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def threads_line(env: dict) -> str:
+    """How many threads the libraries were told to use, for the report."""
+    settings = env.get("thread_settings") or {}
+    if not settings:
+        return "Threads: the libraries' defaults (no thread variables set)."
+    return "Threads: " + ", ".join(f"{name}={value}" for name, value in settings.items()) + "."
+
+
 def environment(device: str) -> dict:
     backend = bp.get_backend(device)
     info: dict[str, Any] = {
@@ -233,6 +244,7 @@ def environment(device: str) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {"backprop": bp.__version__, "numpy": np.__version__},
+        "thread_settings": {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ},
         "blas": {"numpy": numpy_blas()},
     }
     import array_api_compat
@@ -358,6 +370,8 @@ def markdown(report: dict, command: str) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
         "",
         "BLAS: " + "; ".join(f"{k}: {v}" for k, v in env["blas"].items()) + ".",
+        "",
+        threads_line(env),
         "",
     ]
     return "\n".join(lines)
