@@ -100,7 +100,7 @@ def our_step(workload: ConvWorkload, device: str) -> Callable[[], Any]:
 
         def train() -> Any:
             optimizer.zero_grad()
-            value = loss_and_backward(model, loss, x, y)
+            value = loss_and_backward(model, loss, x, y, prepared=True)
             optimizer.step()
             return value
 

@@ -1,7 +1,7 @@
 """The benchmark workloads and, for each, the four steps the suite times.
 
 * ``ours``: exactly what ``fit`` does per batch, data already on the device:
-  ``loss_and_backward(model, loss, x, y)`` then ``optimizer.step()`` (SGD).
+  ``loss_and_backward(model, loss, x, y, prepared=True)`` then ``optimizer.step()`` (SGD).
 * ``floor``: the matrix products that step cannot avoid, alone, on the same backend: per layer the forward
   product a @ W, the weight gradient a.T @ g and (except for the first layer) the input gradient g @ W.T.
 * ``pytorch``: PyTorch autograd's equivalent step (``nn.Linear`` layers, the same loss, ``torch.optim.SGD``).
@@ -99,7 +99,7 @@ def our_step(workload: Workload, device: str, optimizer_name: str = "sgd") -> Ca
         y = loss.prepare_target(y_host, model.backend, model._dtype, (workload.batch, workload.widths[-1]))
 
     def step() -> Any:
-        value = loss_and_backward(model, loss, x, y)
+        value = loss_and_backward(model, loss, x, y, prepared=True)
         optimizer.step()
         return value
 
