@@ -8,7 +8,8 @@ The base class is the array-API reference for everything the core asks of a back
 * ``owns(array)``: whether an array already lives on this backend, so data can be used without a copy;
 * ``activate()``: the context the work runs in (CuPy needs its current device set; the reference needs nothing);
 * ``synchronize()``: waits for queued device work (for timing; the reference has none to wait for);
-* ``copy(array)``: a new array with the same values, which nothing else holds;
+* ``copy(array, into=None)``: a new array with the same values, which nothing else holds (written into ``into``
+  by libraries whose arrays are mutable);
 * ``matmul(left, right, out=None)`` and ``subtract_scaled(target, scale, update)``: the two hot operations of a
   training step whose array-API form allocates a parameter-sized array;
 * ``conv2d`` and ``max_pool2d``: methods whose body here is the array-API reference (`backprop.convolution`,
@@ -138,8 +139,10 @@ class Backend:
         """Wait for the device's queued work (the reference computes eagerly: nothing to wait for)."""
 
     # -- array operations with fast paths in subclasses -------------------------------------------------------
-    def copy(self, array: Any) -> Any:
-        """A new array equal to ``array`` that nothing else holds (works on immutable arrays)."""
+    def copy(self, array: Any, into: Any = None) -> Any:
+        """A new array equal to ``array`` that nothing else holds. ``into``, where given, is an array of this
+        backend with ``array``'s shape and dtype that nothing else holds: subclasses whose arrays are mutable
+        write the copy into it and return it; the reference (which works on immutable arrays) ignores it."""
         return self.xp.asarray(array, copy=True)
 
     def matmul(self, left: Any, right: Any, out: Any = None) -> Any:

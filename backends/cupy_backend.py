@@ -81,6 +81,12 @@ class CupyBackend(Backend):
         target -= scale * update
         return target
 
+    def copy(self, array: Any, into: Any = None) -> Any:
+        if into is None:
+            return super().copy(array)
+        self._cupy.copyto(into, array)
+        return into
+
 
 def _parse_index(spec: str, argument: str | None) -> int:
     """The GPU index of ``"cuda"`` / ``"cuda:N"``, checked before the driver is asked anything."""

@@ -34,6 +34,12 @@ class NumpyBackend(Backend):
     def host(cls, array: Any) -> np.ndarray:
         return np.asarray(array)
 
+    def copy(self, array: Any, into: Any = None) -> Any:
+        if into is None:
+            return super().copy(array)
+        np.copyto(into, array)
+        return into
+
     def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
         return left @ right if out is None else np.matmul(left, right, out=out)
 

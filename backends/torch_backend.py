@@ -59,6 +59,9 @@ class TorchBackend(Backend):
     def host(cls, array: Any) -> np.ndarray:
         return array.detach().cpu().numpy()
 
+    def copy(self, array: Any, into: Any = None) -> Any:
+        return super().copy(array) if into is None else into.copy_(array)
+
     def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
         return left @ right if out is None else self._torch.matmul(left, right, out=out)
 

@@ -139,7 +139,8 @@ class History:
 class _Snapshot:
     """Device copies of every parameter with its optimiser slots and every buffer, the layers' host random states
     and the optimiser's scalars. ``take()`` copies the current state; from the second call on it writes into the
-    arrays of the previous copy where their shape, dtype and device still fit, so an epoch allocates none."""
+    arrays of the previous copy where their shape, dtype and device still fit and the backend writes into arrays
+    (`Backend.copy`), so an epoch allocates none."""
 
     def __init__(self, model: Any, optimizer: Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
@@ -179,12 +180,10 @@ class _Snapshot:
 
 def _copy(backend: Any, source: Any, previous: Any) -> Any:
     """A copy of ``source``: written into ``previous`` (an array only the snapshot holds) where it has the same
-    shape and dtype on the same backend, else a new array."""
-    if previous is not None and backend.owns(previous) and previous.shape == source.shape \
-            and previous.dtype == source.dtype:
-        previous[...] = source
-        return previous
-    return backend.copy(source)
+    shape and dtype on the same backend and the backend writes into arrays (`Backend.copy`), else a new array."""
+    fits = previous is not None and backend.owns(previous) and previous.shape == source.shape \
+        and previous.dtype == source.dtype
+    return backend.copy(source, into=previous if fits else None)
 
 
 class _Progress:

@@ -76,6 +76,10 @@ def test_the_base_class_is_a_complete_reference_backend():
     out = np.zeros((2, 2))
     assert reference.matmul(np.eye(2), np.eye(2), out=out) is not out and not reference.writes_matmul_into_out
     assert fast.matmul(np.eye(2), np.eye(2), out=out) is out and fast.writes_matmul_into_out
+    held = np.zeros((2, 3))
+    copied = reference.copy(array, into=held)
+    assert copied is not held and not held.any() and np.array_equal(copied, array)  # the reference writes nothing
+    assert fast.copy(array, into=held) is held and np.array_equal(held, array)
 
 
 def test_unknown_prefix_lists_every_registered_example(counting):
