@@ -1,9 +1,9 @@
 """Backends: parse a device specifier and hand back the `Backend` that runs the core there.
 
 ``get_backend("cpu")``, ``get_backend("cuda:1")``, ``get_backend("array_api_strict:device1")``,
-``get_backend("torch:cpu")``. A specifier is ``"prefix"`` or ``"prefix:argument"``; ``register_backend`` adds a
-prefix (see `backprop.backends.registry` for an example). Backends are cached per canonical specifier, so two
-models on ``"cuda"`` share one value, and they pickle and deep-copy by specifier.
+``get_backend("torch:cpu")``, ``get_backend("jax:cpu")``. A specifier is ``"prefix"`` or ``"prefix:argument"``;
+``register_backend`` adds a prefix (see `backprop.backends.registry` for an example). Backends are cached per
+canonical specifier, so two models on ``"cuda"`` share one value, and they pickle and deep-copy by specifier.
 
 This folder is the package ``backprop.backends``. Imported as a top-level ``backends`` (a source checkout's root
 on ``sys.path``), it hands back that same module, so a process never holds two registries or two `Backend`

@@ -1,10 +1,11 @@
 """The registry of backends: which specifier prefix builds which backend, and the cache of built ones.
 
-Each library's module (``numpy_backend``, ``strict_backend``, ``torch_backend``, ``cupy_backend``) declares the
-prefixes it serves (``PREFIXES``), the specifiers it offers (``EXAMPLES``, and ``GPU_EXAMPLES`` for those that
-need a GPU; ``FORMS`` for patterns such as ``"cuda:N"``) and a factory ``make(spec, argument)``. Importing a module imports no array library (each ``make``
-does that), so the registry reads every declaration at once; the unknown-device message, `available` and the
-tests' backend list are derived from it.
+Each library's module (``numpy_backend``, ``strict_backend``, ``torch_backend``, ``cupy_backend``,
+``jax_backend``) declares the prefixes it serves (``PREFIXES``), the specifiers it offers (``EXAMPLES``, and
+``GPU_EXAMPLES`` for those that need a GPU; ``FORMS`` for patterns such as ``"cuda:N"``) and a factory
+``make(spec, argument)``. Importing a module imports no array library (each ``make`` does that), so the
+registry reads every declaration at once; the unknown-device message, `available` and the tests' backend list
+are derived from it.
 
 A user adds a backend with `register_backend`::
 
@@ -32,7 +33,7 @@ from backprop.errors import ArgumentTypeError, BackendUnavailableError, DeviceEr
 
 Factory = Callable[[str, "str | None"], Backend]
 
-_MODULES = ("numpy_backend", "strict_backend", "torch_backend", "cupy_backend")
+_MODULES = ("numpy_backend", "strict_backend", "torch_backend", "cupy_backend", "jax_backend")
 _FACTORIES: dict[str, Factory] = {}
 _EXAMPLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # prefix -> (CPU examples, GPU examples)
 _FORMS: list[str] = []  # further forms the unknown-device message names (each module's FORMS, e.g. "cuda:N")

@@ -10,6 +10,10 @@
 * Moving a model along a random path of devices keeps ``state_dict()``, gradients and optimiser state
   bit-identical, and the next gradient on each device is bit-identical to that of a fresh model on that device.
 
+JAX is left out: its eager dispatch compiles every operation for every new shape, and each example draws new
+shapes (2.7 s an example, 85 s for the file instead of 10). Its agreement with NumPy (fixed shapes, every loss and
+activation), gradcheck and moves to and from NumPy are tested in ``test_parity.py`` and ``test_jax_backend.py``.
+
 Hypothesis runs derandomized and without an example database, so CI sees the same examples every time.
 Numbers are drawn on the host from a NumPy seed that hypothesis chooses.
 """
@@ -36,7 +40,7 @@ LOSSES = {
     "CrossEntropy": bp.losses.CrossEntropy,
 }
 BACKENDS = [spec for spec in bp.backends.available() if spec not in ("cuda", "torch:cuda") and
-            not spec.startswith("cuda:") and not spec.startswith("torch:cuda")]
+            not spec.startswith(("cuda:", "torch:cuda", "jax"))]  # jax: see the module docstring
 REFERENCE = "cpu"
 GRADCHECK_FLOOR = 1e-4  # relative errors are taken against max(|analytic|, |numeric|, floor): see test
 GRADCHECK_MAX_PARAMETERS = 1500  # finite differences cost two forward passes per parameter: keeps the file < 60 s
