@@ -43,6 +43,9 @@ class ConfigurationError(BackpropError, ValueError):
 class DivergenceError(BackpropError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
+    epoch: int  # set by fit: where it diverged, counted from 1
+    batch: int
+
 
 class CheckpointError(BackpropError, ValueError):
     """A checkpoint file is truncated, corrupted, of another format version, or does not fit the model."""
