@@ -46,7 +46,8 @@ class NumpyBackend(Backend):
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         """target -= scale * update in place, chunk by chunk through a small scratch instead of a full-size
         temporary (the same arithmetic, element by element, as the reference)."""
-        if target.size <= _CHUNK or target.shape != update.shape or not (target.flags.c_contiguous and update.flags.c_contiguous):
+        contiguous = target.flags.c_contiguous and update.flags.c_contiguous
+        if target.size <= _CHUNK or target.shape != update.shape or not contiguous:
             target -= scale * update
             return target
         flat_target, flat_update = target.reshape(-1), update.reshape(-1)

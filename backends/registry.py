@@ -76,7 +76,7 @@ for _name in _MODULES:
 def known_specifiers(gpu: bool | None = None) -> list[str]:
     """The example specifiers of every registered prefix: those needing no GPU (``gpu=False``), those needing
     one (``gpu=True``), or all (``None``)."""
-    found = []
+    found: list[str] = []
     for cpu_examples, gpu_examples in _EXAMPLES.values():
         if gpu is not True:
             found.extend(cpu_examples)

@@ -133,7 +133,8 @@ def make(spec: str, argument: str | None) -> Backend:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DeviceError(f"PyTorch does not know the device {name!r} in {spec!r}; use 'torch:cpu' or 'torch:cuda'") from None
+        raise DeviceError(f"PyTorch does not know the device {name!r} in {spec!r}; "
+                          "use 'torch:cpu' or 'torch:cuda'") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise BackendUnavailableError(f"{spec!r}: this PyTorch build sees no CUDA GPU. Use 'torch:cpu'.")

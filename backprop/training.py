@@ -8,8 +8,9 @@ each contiguous batch b of n_b samples takes exactly one training step::
     optimizer.step()
 
 The epoch's loss is the mean of the batch losses weighted by batch size, sum_b (n_b / n) L_b (the mean over
-samples, as the parameters moved during the epoch), computed on the host in float64. Training metrics are computed at the end of each epoch on the
-whole training set with the epoch's final parameters (inference mode); validation loss and metrics likewise.
+samples, as the parameters moved during the epoch), computed on the host in float64. Training metrics are computed
+at the end of each epoch on the whole training set with the epoch's final parameters (inference mode); validation
+loss and metrics likewise.
 
 Resuming: ``fit(..., epochs=E, initial_epoch=k)`` runs epochs k, ..., E - 1 (``epochs`` is the final epoch, as in
 Keras), after drawing and discarding the permutations of epochs 0, ..., k - 1. With the same ``seed``, a run
@@ -44,8 +45,9 @@ source too; ``evaluate`` and ``predict`` take sources (``predict`` then returns 
 When a learning-rate schedule is among the callbacks, the logs carry ``"lr"``, the rate of the epoch's steps.
 
 The loop's hooks: what differs between one process and a data-parallel MPI job is held by one object with five
-methods, `LoopHooks` here (subclass it and pass ``fit(..., hooks=...)`` to replace one) and `backprop.data_parallel.DataParallel` for ``fit(..., communicator=comm)`` with
-more than one rank: ``collectively(function, *args)`` (the argument and data checks, decided together),
+methods, `LoopHooks` here (subclass it and pass ``fit(..., hooks=...)`` to replace one) and
+`backprop.data_parallel.DataParallel` for ``fit(..., communicator=comm)`` with more than one rank:
+``collectively(function, *args)`` (the argument and data checks, decided together),
 ``step(loss, x, y, optimizer, penalty)`` (one batch's training step, returning its loss as a 0-d device array),
 ``evaluate(inputs, targets, loss, metrics, bounds)`` (per-batch losses and metrics in inference mode),
 ``reduce(host)`` (the epoch's per-batch values once read on the host, before they become the logs) and
@@ -219,7 +221,7 @@ class _Progress:
                                  leave=True)
             self.read, self.total, self.rows, self.last = 0, 0.0, 0, time.monotonic()
 
-    def batch(self, backend: Any, losses: list, sizes: "Sequence[float]") -> None:
+    def batch(self, backend: Any, losses: list, sizes: "Sequence[float] | np.ndarray") -> None:
         """One step done: advance the bar; past ``refresh`` seconds, read the unread losses and show the mean."""
         if self.bar is None or not self.per_batch:
             return
@@ -309,7 +311,8 @@ def _read(model: Any, series: dict[str, list]) -> dict[str, list[float]]:
     """Each series of 0-d device values as Python floats, all in one host read."""
     xp, dtype = model.backend.xp, model._dtype
     with model.backend.activate():
-        values = [value if value.dtype == dtype else xp.astype(value, dtype) for items in series.values() for value in items]
+        values = [value if value.dtype == dtype else xp.astype(value, dtype)
+                  for items in series.values() for value in items]
         if len(values) == 1:  # a full-batch epoch without metrics: one number, read without stacking
             host = [float(values[0])]
         else:
@@ -376,8 +379,9 @@ def fit(
     hooks; one stops training with ``model.stop_training = True``. ``verbose``: 0 silent, 1 progress bar,
     2 one line per epoch. ``initial_epoch``: resume at this epoch (see the module doc). ``penalty`` (a
     `backprop.penalties.Penalty`): every step minimises loss + R(w), as ``loss_and_backward(..., penalty=)``
-    does, and the logged ``"loss"`` includes R(w) (validation losses and metrics do not). Every argument and the data are checked before the first step. On a NaN or infinite
-    loss the state at the start of the epoch is restored and `DivergenceError` is raised (see the module doc).
+    does, and the logged ``"loss"`` includes R(w) (validation losses and metrics do not). Every argument and the
+    data are checked before the first step. On a NaN or infinite loss the state at the start of the epoch is
+    restored and `DivergenceError` is raised (see the module doc).
     ``communicator`` (`backprop.distributed.init()`): train together with the other ranks of an MPI job, each on
     its rows of every batch, with the single-process result (``batch_size`` is the global batch; every rank gets
     the same History; only rank 0 prints and, through ModelCheckpoint, writes); see `backprop.data_parallel`.
@@ -391,7 +395,8 @@ def fit(
                                      "e.g. hooks=MyHooks(model)")
     if communicator is not None:
         instance(communicator, Communicator, "communicator", "the communicator bp.distributed.init() returns")
-    together = communicator is not None and communicator.size > 1
+    group = communicator if communicator is not None and communicator.size > 1 else None  # ranks training together
+    together = group is not None
     if together and hooks is not None:
         raise ConfigurationError("fit(hooks=...) and a communicator of several ranks both replace the loop's "
                                  "hooks: subclass backprop.data_parallel.DataParallel instead, or drop one")
@@ -409,21 +414,21 @@ def fit(
                                           initial_epoch, penalty))
 
     with warnings.catch_warnings():
-        if together and not communicator.is_root:  # rank 0 alone warns, as it alone prints
+        if group is not None and not group.is_root:  # rank 0 alone warns, as it alone prints
             warnings.simplefilter("ignore")
         (source, epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation) = (
-            communicator.collectively(checked) if together else checked())
+            group.collectively(checked) if group is not None else checked())
     samples = inputs.shape[0] if source is None else None
-    if together:
+    if group is not None:
         from backprop.data_parallel import DataParallel
 
-        hooks = communicator.collectively(DataParallel, communicator, model, LoopHooks(model))
+        hooks = group.collectively(DataParallel, group, model, LoopHooks(model))
         rng = np.random.default_rng(hooks.agree(optimizer, {
             "seed": seed, "epochs": epochs, "initial_epoch": initial_epoch, "batch_size": batch_size,
             "shuffle": shuffle, "samples": samples, "metrics": list(named_metrics), "loss": repr(loss),
             "validation samples": None if validation is None else validation[0].shape[0],
             "optimizer": repr(optimizer), "penalty": repr(penalty)}))
-        verbose = verbose if communicator.is_root else 0
+        verbose = verbose if group.is_root else 0
     elif hooks is None:
         hooks = LoopHooks(model)
     for callback in callbacks:
@@ -431,7 +436,7 @@ def fit(
             callback.communicator = communicator
 
     backend = model.backend
-    bounds = _bounds(samples, batch_size) if source is None else []
+    bounds = _bounds(inputs.shape[0], batch_size) if source is None else []
     sizes = _sizes(bounds)
     validation_bounds = _bounds(validation[0].shape[0], batch_size or validation[0].shape[0]) \
         if isinstance(validation, tuple) else []
@@ -461,7 +466,8 @@ def fit(
                 batches = _slices(backend, inputs, targets, bounds, rng.permutation(samples) if shuffling else None)
             else:
                 batches = source.prepared(model, loss, "training")
-            batch_losses, batch_metrics, batch_sizes = [], {}, []
+            batch_losses, batch_sizes = [], []
+            batch_metrics: dict[str, list] = {}
             try:
                 for batch_inputs, batch_targets in batches:
                     for hook in batch_begin:
@@ -589,8 +595,8 @@ class _Source:
                                      "the targets come with each batch")
         return cls(x, steps_per_epoch, what)
 
-    def batches(self) -> Iterator[tuple[Any, Any]]:
-        """This epoch's (x_batch, y_batch) pairs, checked to be pairs."""
+    def batches(self) -> Iterator[tuple[Any, Any] | list[Any]]:
+        """This epoch's (x_batch, y_batch) pairs (tuples or lists, as the source gives them), checked to be pairs."""
         iterator = self.data if self.one_pass else iter(self.data)
         index = 0
         while self.steps is None or index < self.steps:
@@ -640,7 +646,7 @@ def _split(x: Any, y: Any, fraction: float, source: Any, validation_data: Any) -
     return x[:cut, ...], y[:cut, ...], (x[cut:, ...], y[cut:, ...])
 
 
-def _batch_hooks(callbacks: list, name: str) -> list:
+def _batch_hooks(callbacks: Iterable[Any], name: str) -> list:
     """The bound per-batch hook ``name`` of each callback that defines it other than as `Callback`'s no-op, so
     callbacks without per-batch work cost nothing per batch."""
     return [getattr(c, name) for c in callbacks
@@ -669,7 +675,8 @@ def _check_arguments(model: Any, x: Any, y: Any, loss: Loss, optimizer: Optimize
     instance(optimizer, Optimizer, "optimizer", "a backprop optimiser such as bp.optim.SGD(model.parameters(), lr=0.1)")
     owned = {id(p) for p in model.parameters()}
     if not all(id(p) in owned for p in optimizer.params):
-        raise ConfigurationError("the optimiser updates parameters that are not this model's: build it with model.parameters()")
+        raise ConfigurationError("the optimiser updates parameters that are not this model's: "
+                                 "build it with model.parameters()")
     epochs = integer(epochs, "epochs")
     integer(initial_epoch, "initial_epoch", low=0, high=epochs - 1,
             meaning=f"below epochs={epochs}, which is the final epoch when resuming")
@@ -705,7 +712,8 @@ def _check_arguments(model: Any, x: Any, y: Any, loss: Loss, optimizer: Optimize
     elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ConfigurationError("validation_data must be a pair (x_val, y_val) or a source of batches")
-        validation = _prepare(model, *validation_data, loss, "validation")
+        x_val, y_val = validation_data
+        validation = _prepare(model, x_val, y_val, loss, "validation")
     return epochs, batch_size, callbacks, named_metrics, shuffle, rng, inputs, targets, validation
 
 
