@@ -166,3 +166,20 @@ def test_each_backend_module_declares_its_specifiers():
         assert module.PREFIXES and all(":" not in prefix for prefix in module.PREFIXES)
         for spec in (*module.EXAMPLES, *module.GPU_EXAMPLES):
             assert spec.partition(":")[0] in module.PREFIXES
+
+
+def test_the_readmes_register_backend_example_runs(monkeypatch):
+    """The Devices section's example, as written: a user's subclass registered under its own prefix."""
+    registry = bp.backends.registry
+    for name in ("_FACTORIES", "_EXAMPLES", "_CACHE"):
+        monkeypatch.setattr(registry, name, dict(getattr(registry, name)))
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Devices"):readme.index("## Layout")]
+    code = section.split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md (Devices)", "exec"), namespace)
+    model, counting = namespace["model"], namespace["counting"]
+    assert model.backend is counting and counting.copies == 2  # the weight and the bias, drawn on the host
+    assert "counting" in bp.backends.available()
+    np.testing.assert_array_equal(bp.to_numpy(model.predict(np.ones((1, 3)))),
+                                  bp.to_numpy(bp.Sequential(bp.Dense(3, 2), seed=0).predict(np.ones((1, 3)))))
