@@ -115,7 +115,7 @@ class Sequential(Layer):
         outermost = backend is None or rng is None
         if backend is None or rng is None:
             backend, dtype, rng = self.backend, self._dtype, np.random.default_rng(self.seed)
-        self._built_shape, self._trainable = None, None
+        self._built_shape, self._trainable, self._sublayers = None, None, None
         declared = self._declared_shape
         shape = input_shape = as_shape(input_shape, "input_shape")
         if declared is not None and declared != shape:
@@ -138,6 +138,7 @@ class Sequential(Layer):
             for name, parameter in self.named_parameters():
                 parameter.name = name
             self._trainable = tuple(self.parameters())
+            self._sublayers = tuple(layer for _, layer in self.named_layers())
         return shape
 
     def place(self, backend: Any, dtype: Any) -> None:
@@ -169,12 +170,22 @@ class Sequential(Layer):
             )
 
     # -- parameters and state -------------------------------------------------------------------------------
-    _trainable: "tuple[Parameter, ...] | None" = None  # the outermost model's parameters, listed when it is built
+    # the outermost model's parameters and the layers below it, listed when it is built: the training loop's
+    # per-step and per-epoch work walks these lists instead of the layer tree
+    _trainable: "tuple[Parameter, ...] | None" = None
+    _sublayers: "tuple[Layer, ...] | None" = None
+
+    def parameter_list(self) -> "tuple[Parameter, ...]":
+        """`parameters()` as the tuple listed when the model was built (the same parameters in the same order)."""
+        return self._trainable if self._trainable is not None else tuple(self.parameters())
+
+    def layer_list(self) -> "tuple[Layer, ...]":
+        """Every layer below this one, depth first (`named_layers` without the names), as listed when built."""
+        return self._sublayers if self._sublayers is not None else tuple(layer for _, layer in self.named_layers())
 
     def zero_grad(self) -> None:
-        """Forget every parameter's gradient; the outermost model walks the list it made when it was built
-        instead of its layer tree (this runs before every training step)."""
-        for parameter in self._trainable if self._trainable is not None else self.parameters():
+        """Forget every parameter's gradient (this runs before every training step)."""
+        for parameter in self.parameter_list():
             parameter.zero_grad()
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:

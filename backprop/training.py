@@ -156,15 +156,15 @@ class _Snapshot:
         previous_buffers = {id(layer): buffers for layer, buffers in self.buffers}
         with backend.activate():
             parameters = []
-            for p in model.parameters():
+            for p in model.parameter_list():
                 value, state = previous.get(id(p), (None, {}))
                 parameters.append((p, _copy(backend, p.value, value),
                                    {k: _copy(backend, v, state.get(k)) for k, v in p.state.items()}))
             self.parameters = parameters
             self.buffers = [(layer, {k: _copy(backend, v, previous_buffers.get(id(layer), {}).get(k))
                                      for k, v in layer.buffers.items()})
-                            for _, layer in model.named_layers() if layer.buffers]
-        self.random_states = [(layer, layer.random_state()) for _, layer in model.named_layers()]
+                            for layer in model.layer_list() if layer.buffers]
+        self.random_states = [(layer, layer.random_state()) for layer in model.layer_list()]
         self.optimizer_state = self.optimizer.state_dict()
         return self
 
@@ -277,15 +277,16 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, An
     return inputs, (backend.to_device(targets, model._dtype) if host_targets else targets)
 
 
-_FINITE = "parameters finite"  # the per-epoch read's entry: 1 for each parameter with only finite values
+_FINITE = "parameters finite"  # the per-epoch read's entry: per parameter 0 if its values are finite, else NaN
 
 
 def _parameters_finite(model: Any) -> list:
-    """Per parameter a 0-d device array, 1 if every value is finite, else 0 (read with the epoch's losses, so the
-    next epoch's snapshot is only ever taken of finite parameters)."""
+    """Per parameter w a 0-d device array sum(w * 0): 0 when every value of w is finite, NaN when one is not
+    (inf * 0 and NaN * 0 are NaN); read with the epoch's losses (summed over the ranks, where NaN stays NaN), so
+    the next epoch's snapshot is only ever taken of finite parameters. Two operations per parameter."""
     xp = model.backend.xp
     with model.backend.activate():
-        return [xp.astype(xp.all(xp.isfinite(p.value)), model._dtype) for p in model.parameters()]
+        return [xp.sum(p.value * 0.0) for p in model.parameter_list()]
 
 
 def _bounds(samples: int, batch_size: int) -> list[tuple[int, int]]:
@@ -502,7 +503,7 @@ def fit(
                 snapshot.restore()
                 raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
                                   len(bounds), optimizer)
-            if not all(host.pop(_FINITE)):  # a step overflowed the weights although every loss was finite
+            if not all(map(math.isfinite, host.pop(_FINITE))):  # a step overflowed the weights, the losses finite
                 snapshot.restore()
                 raise _divergence("the parameters became NaN or infinite", epoch, epochs, len(bounds) - 1,
                                   len(bounds), optimizer)

@@ -287,6 +287,8 @@ def test_zero_grad_clears_exactly_the_models_own_gradients_after_a_copy(duplicat
     bp.value_and_grad(model, bp.losses.MeanSquaredError(), x, y)
     twin = duplicate(model)
     assert all(p.has_grad for p in twin.parameters()) and len(twin.parameters()) == 6
+    assert twin.parameter_list() == tuple(twin.parameters())  # the copy's own, in tree order
+    assert twin.layer_list() == tuple(layer for _, layer in twin.named_layers())
     twin.zero_grad()
     assert not any(p.has_grad for p in twin.parameters())
     assert all(p.has_grad for p in model.parameters())  # the original keeps its gradients
