@@ -277,16 +277,16 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, An
     return inputs, (backend.to_device(targets, model._dtype) if host_targets else targets)
 
 
-_FINITE = "parameters finite"  # the per-epoch read's entry: per parameter 0 if its values are finite, else NaN
+_FINITE = "parameters finite"  # the per-epoch read's entry: 1 for each parameter with only finite values
 
 
 def _parameters_finite(model: Any) -> list:
-    """Per parameter w a 0-d device array sum(w * 0): 0 when every value of w is finite, NaN when one is not
-    (inf * 0 and NaN * 0 are NaN); read with the epoch's losses (summed over the ranks, where NaN stays NaN), so
-    the next epoch's snapshot is only ever taken of finite parameters. Two operations per parameter."""
+    """Per parameter a 0-d device array, 1 if every value is finite, else 0 (read with the epoch's losses, so the
+    next epoch's snapshot is only ever taken of finite parameters). ``isfinite`` rather than a cheaper product with 0,
+    which would raise NumPy's "invalid value" warning (an error under ``np.seterr(all="raise")``) on an inf."""
     xp = model.backend.xp
     with model.backend.activate():
-        return [xp.sum(p.value * 0.0) for p in model.parameter_list()]
+        return [xp.astype(xp.all(xp.isfinite(p.value)), model._dtype) for p in model.parameter_list()]
 
 
 def _bounds(samples: int, batch_size: int) -> list[tuple[int, int]]:
@@ -503,7 +503,7 @@ def fit(
                 snapshot.restore()
                 raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
                                   len(bounds), optimizer)
-            if not all(map(math.isfinite, host.pop(_FINITE))):  # a step overflowed the weights, the losses finite
+            if not all(host.pop(_FINITE)):  # a step overflowed the weights although every loss was finite
                 snapshot.restore()
                 raise _divergence("the parameters became NaN or infinite", epoch, epochs, len(bounds) - 1,
                                   len(bounds), optimizer)
