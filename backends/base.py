@@ -13,7 +13,12 @@ The base class is the array-API reference for everything the core asks of a back
 * ``matmul(left, right, out=None)`` and ``subtract_scaled(target, scale, update)``: the two hot operations of a
   training step whose array-API form allocates a parameter-sized array;
 * ``conv2d`` and ``max_pool2d``: methods whose body here is the array-API reference (`backprop.convolution`,
-  `backprop.pooling`); a library with its own kernels overrides them in its module (torch: `TorchBackend`).
+  `backprop.pooling`); a library with its own kernels overrides them in its module (torch: `TorchBackend`);
+* the list forms an optimiser's grouped update uses (``subtract_scaled_all``, ``scale_add_all``, ...): each takes
+  lists of arrays, one per parameter, and its reference loops over the array-API expression; a library with
+  multi-tensor operations overrides them with one call for the whole list (torch: ``torch._foreach_*``) and sets
+  ``multi_tensor = True``, the flag that makes the optimisers group their updates (elsewhere they keep their
+  per-parameter path, which costs the same as the reference loop with less bookkeeping).
 
 One subclass per array library, in that library's module (``numpy_backend.py``, ``torch_backend.py``, ...),
 overrides only what the library does faster or differently. **A fast path is a method override**: the base
@@ -26,8 +31,8 @@ Each module declares the specifier prefixes it serves and the specifiers it offe
 ``EXAMPLES``, ``GPU_EXAMPLES`` for those needing a GPU); the registry in ``backends/__init__.py`` reads them, so
 the unknown-device message, ``available()`` and the tests' backend list come from one place.
 
-Arrays may be immutable (JAX): the reference forms never write into an array; ``subtract_scaled`` returns its
-result, and callers use what it returns.
+Arrays may be immutable (JAX): the reference forms never write into an array; ``subtract_scaled`` and the list
+forms return their results, and callers use what they return.
 """
 
 from __future__ import annotations
@@ -154,6 +159,37 @@ class Backend:
         """target - scale * update; returns the result. The reference makes a new array (it works on immutable
         arrays); subclasses with mutable arrays write it into ``target`` and return ``target``."""
         return target - scale * update
+
+    # -- list forms: one array per parameter; an optimiser's grouped update (``Optimizer.update_all``) -----------
+    multi_tensor = False  # True where the list forms below are one library call for the whole list
+
+    def subtract_scaled_all(self, targets: list, scale: float, updates: list) -> list:
+        """``[t - scale * u]``: `subtract_scaled` for each pair (written into the targets where it does so)."""
+        return [self.subtract_scaled(t, scale, u) for t, u in zip(targets, updates)]
+
+    def add_scaled_all(self, lefts: list, scale: float, rights: list) -> list:
+        """``[l + scale * r]``, new arrays."""
+        return [left + scale * right for left, right in zip(lefts, rights)]
+
+    def scale_add_all(self, targets: list, scale: float, updates: list, alpha: float = 1.0) -> list:
+        """``[t * scale + alpha * u]`` (a running mean's update); subclasses may write into the targets."""
+        return [t * scale + (u if alpha == 1.0 else alpha * u) for t, u in zip(targets, updates)]
+
+    def scale_addcmul_all(self, targets: list, scale: float, lefts: list, rights: list, alpha: float) -> list:
+        """``[t * scale + alpha * l * r]`` (a running mean of squares); subclasses may write into the targets."""
+        return [t * scale + alpha * (left * right) for t, left, right in zip(targets, lefts, rights)]
+
+    def maximum_all(self, lefts: list, rights: list) -> list:
+        """``[maximum(l, r)]``, new arrays."""
+        return [self.xp.maximum(left, right) for left, right in zip(lefts, rights)]
+
+    def sqrt_scaled_all(self, arrays: list, divisor: float, shift: float) -> list:
+        """``[sqrt(a) / divisor + shift]``, new arrays (Adam's denominator)."""
+        return [self.xp.sqrt(a) / divisor + shift for a in arrays]
+
+    def subtract_ratio_all(self, targets: list, scale: float, numerators: list, denominators: list) -> list:
+        """``[t - scale * n / d]`` (Adam's step); subclasses may write into the targets."""
+        return [t - scale * (n / d) for t, n, d in zip(targets, numerators, denominators)]
 
     # -- convolution and pooling: the array-API reference, overridden by a library kernel where one exists -----
     def conv2d(self, x: Any, weight: Any, bias: Any, window: Any) -> tuple[Any, Callable[..., Any]]:

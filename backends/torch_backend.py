@@ -68,6 +68,40 @@ class TorchBackend(Backend):
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         return target.sub_(update, alpha=scale)
 
+    # -- list forms: one ``torch._foreach_*`` call for the whole list (a kernel per dtype and device on CUDA,
+    # where it fuses the list) in place of a call per parameter; the targets are written in place and returned
+    multi_tensor = True
+
+    def subtract_scaled_all(self, targets: list, scale: float, updates: list) -> list:
+        self._torch._foreach_add_(targets, updates, alpha=-scale)
+        return targets
+
+    def add_scaled_all(self, lefts: list, scale: float, rights: list) -> list:
+        return list(self._torch._foreach_add(lefts, rights, alpha=scale))
+
+    def scale_add_all(self, targets: list, scale: float, updates: list, alpha: float = 1.0) -> list:
+        self._torch._foreach_mul_(targets, scale)
+        self._torch._foreach_add_(targets, updates, alpha=alpha)
+        return targets
+
+    def scale_addcmul_all(self, targets: list, scale: float, lefts: list, rights: list, alpha: float) -> list:
+        self._torch._foreach_mul_(targets, scale)
+        self._torch._foreach_addcmul_(targets, lefts, rights, value=alpha)
+        return targets
+
+    def maximum_all(self, lefts: list, rights: list) -> list:
+        return list(self._torch._foreach_maximum(lefts, rights))
+
+    def sqrt_scaled_all(self, arrays: list, divisor: float, shift: float) -> list:
+        roots = self._torch._foreach_sqrt(arrays)
+        self._torch._foreach_div_(roots, divisor)
+        self._torch._foreach_add_(roots, shift)
+        return list(roots)
+
+    def subtract_ratio_all(self, targets: list, scale: float, numerators: list, denominators: list) -> list:
+        self._torch._foreach_addcdiv_(targets, numerators, denominators, value=-scale)
+        return targets
+
     def conv2d(self, x: Any, weight: Any, bias: Any, window: Any) -> tuple[Any, Callable[..., Any]]:
         torch = self._torch
         (top, bottom), (left, right) = window.padding

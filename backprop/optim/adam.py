@@ -57,3 +57,38 @@ class Adam(Optimizer):
         change = first / denominator
         change *= self.lr / (1.0 - beta1**step)
         parameter.value -= change
+
+    def update_all(self, parameters: list[Parameter], steps: list[int]) -> None:
+        """`update`'s rule for all ``parameters`` at once, through the backend's list forms (one multi-tensor
+        operation each on torch); parameters with different update counts (different bias corrections) go in
+        separate groups, one per count."""
+        groups: dict[int, list[Parameter]] = {}
+        for parameter, step in zip(parameters, steps):
+            groups.setdefault(step, []).append(parameter)
+        for step, group in groups.items():
+            self._update_group(group, step)
+
+    def _update_group(self, parameters: list[Parameter], step: int) -> None:
+        backend = parameters[0].backend
+        beta1, beta2 = self.betas
+        if type(self).apply_weight_decay is Adam.apply_weight_decay:
+            gradients = [parameter.grad for parameter in parameters]
+            if self.weight_decay:
+                gradients = backend.add_scaled_all(gradients, self.weight_decay, [p.value for p in parameters])
+        else:  # a subclass's own decay (AdamW's decoupled one), parameter by parameter
+            gradients = [self.apply_weight_decay(parameter, parameter.grad) for parameter in parameters]
+        firsts = backend.scale_add_all([self.slot(p, "exp_avg", step) for p in parameters], beta1, gradients,
+                                       1.0 - beta1)
+        seconds = backend.scale_addcmul_all([self.slot(p, "exp_avg_sq", step) for p in parameters], beta2,
+                                            gradients, gradients, 1.0 - beta2)
+        for parameter, first, second in zip(parameters, firsts, seconds):
+            parameter.state["exp_avg"], parameter.state["exp_avg_sq"] = first, second
+        if self.amsgrad:
+            seconds = backend.maximum_all([self.slot(p, "max_exp_avg_sq", step) for p in parameters], seconds)
+            for parameter, largest in zip(parameters, seconds):
+                parameter.state["max_exp_avg_sq"] = largest
+        denominators = backend.sqrt_scaled_all(seconds, math.sqrt(1.0 - beta2**step), self.eps)
+        values = backend.subtract_ratio_all([parameter.value for parameter in parameters],
+                                            self.lr / (1.0 - beta1**step), firsts, denominators)
+        for parameter, value in zip(parameters, values):
+            parameter.value = value

@@ -203,11 +203,14 @@ class Optimizer:
     lr = Hyper(REQUIRED, check_learning_rate)
 
     HYPERPARAMETERS: ClassVar[Mapping[str, Hyper]]
+    _grouped_update: ClassVar[Any] = None
     __signature__: ClassVar[inspect.Signature | None]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.HYPERPARAMETERS = MappingProxyType(declared_hyperparameters(cls))
+        if "update_all" in vars(cls):  # the update whose rule update_all implements (see groups_updates)
+            cls._grouped_update = cls.update
         # inspect.signature(cls) shows the declared keywords, unless the class has a constructor of its own
         cls.__signature__ = _signature(cls.HYPERPARAMETERS) if cls.__init__ is Optimizer.__init__ else None
 
@@ -285,27 +288,65 @@ class Optimizer:
         """Update every parameter that has a gradient. The bookkeeping is all-or-nothing per parameter: an
         exception inside a parameter's update (KeyboardInterrupt, out of memory) leaves its step count and its
         set of slots as they were before the call, so the optimiser stays usable; ``steps`` counts the call
-        only if at least one parameter completed its update."""
+        only if at least one parameter completed its update.
+
+        On a backend with multi-tensor operations (``backend.multi_tensor``: torch) an optimiser that implements
+        ``update_all`` (next to its ``update``: a subclass that overrides only ``update`` keeps its own rule, see
+        ``groups_updates``) updates all the ready parameters together, as one group. The group is all or
+        nothing in the same sense: an exception inside ``update_all`` restores every grouped parameter's set of
+        slots and counts no update for any of them (values and slots that the group's in-place operations had
+        already written before the exception keep what was written, as after an interrupted ``update``)."""
         completed = False
         try:
-            with self.params[0].backend.activate():
-                for index, parameter in enumerate(self.params):
-                    if parameter.has_grad:
-                        slots = dict(parameter.state)
-                        try:
-                            self.update(parameter, self.parameter_steps[index] + 1)
-                        except BaseException:
-                            parameter.state = slots  # drops slots this update created and did not finish
-                            raise
+            backend = self.params[0].backend
+            with backend.activate():
+                ready = [index for index, parameter in enumerate(self.params) if parameter.has_grad]
+                if ready and self.groups_updates(backend):
+                    grouped = [self.params[index] for index in ready]
+                    group_slots = [dict(parameter.state) for parameter in grouped]
+                    try:
+                        self.update_all(grouped, [self.parameter_steps[index] + 1 for index in ready])
+                    except BaseException:
+                        for parameter, saved in zip(grouped, group_slots):
+                            parameter.state = saved
+                        raise
+                    for index in ready:
                         self.parameter_steps[index] += 1
-                        completed = True
+                    completed = True
+                    return
+                for index in ready:
+                    parameter = self.params[index]
+                    slots = dict(parameter.state)
+                    try:
+                        self.update(parameter, self.parameter_steps[index] + 1)
+                    except BaseException:
+                        parameter.state = slots  # drops slots this update created and did not finish
+                        raise
+                    self.parameter_steps[index] += 1
+                    completed = True
         finally:
             if completed:
                 self.steps += 1
 
+    def groups_updates(self, backend: Any) -> bool:
+        """Whether ``step`` calls ``update_all`` once for the ready parameters: on a backend whose list forms are
+        multi-tensor operations, when the ``update`` in use is the one defined together with ``update_all`` (a
+        subclass or a patch that replaces ``update`` alone gets the per-parameter path, and its own rule)."""
+        if not backend.multi_tensor or len({parameter.backend for parameter in self.params}) != 1:
+            return False
+        cls = type(self)
+        return cls._grouped_update is not None and cls.update is cls._grouped_update
+
     def update(self, parameter: Parameter, step: int) -> None:
         """Update ``parameter.value`` from ``parameter.grad``: what each optimiser implements."""
         raise NotImplementedError(f"{type(self).__name__} must implement update(parameter, step)")
+
+    def update_all(self, parameters: list[Parameter], steps: list[int]) -> None:
+        """Update ``parameters`` together (``steps[i]`` is ``parameters[i]``'s ``step``) with the backend's list
+        forms (``subtract_scaled_all``, ...); an optimiser may implement it for the backends with multi-tensor
+        operations, where ``step`` calls it. This default updates them one by one."""
+        for parameter, step in zip(parameters, steps):
+            self.update(parameter, step)
 
     def slot(self, parameter: Parameter, name: str, step: int) -> Any:
         """The array ``parameter.state[name]``: new zeros on the parameter's first update, the stored one after."""

@@ -54,3 +54,27 @@ class SGD(Optimizer):
             parameter.state["momentum"] = velocity  # rebinds on backends whose arrays are immutable
             direction = direction + self.momentum * velocity if self.nesterov else velocity
         parameter.value = parameter.backend.subtract_scaled(parameter.value, self.lr, direction)
+
+    def update_all(self, parameters: list[Parameter], steps: list[int]) -> None:
+        """`update`'s rule for all ``parameters`` at once, through the backend's list forms (one multi-tensor
+        operation each on torch). A parameter on its first update starts its velocity as a copy, as in `update`."""
+        backend = parameters[0].backend
+        directions = [parameter.grad for parameter in parameters]
+        if self.weight_decay:
+            directions = backend.add_scaled_all(directions, self.weight_decay, [p.value for p in parameters])
+        if self.momentum:
+            velocities = [backend.copy(d) if step == 1 else None for d, step in zip(directions, steps)]
+            running = [index for index, step in enumerate(steps) if step != 1]
+            if running:
+                decayed = backend.scale_add_all(
+                    [self.slot(parameters[index], "momentum", steps[index]) for index in running], self.momentum,
+                    [directions[index] for index in running], 1.0 - self.dampening)
+                for index, velocity in zip(running, decayed):
+                    velocities[index] = velocity
+            for parameter, velocity in zip(parameters, velocities):
+                parameter.state["momentum"] = velocity  # rebinds on backends whose arrays are immutable
+            directions = (backend.add_scaled_all(directions, self.momentum, velocities) if self.nesterov
+                          else velocities)
+        values = backend.subtract_scaled_all([parameter.value for parameter in parameters], self.lr, directions)
+        for parameter, value in zip(parameters, values):
+            parameter.value = value
