@@ -75,6 +75,17 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int = 10
     return counts
 
 
+def draw_confusion(figure: Any, axis: Any, counts: np.ndarray, title: str) -> None:
+    """The confusion matrix on ``axis``: counts as shades of blue, each non-zero count written in its cell."""
+    image = axis.imshow(counts, cmap="Blues")
+    for (row, col), count in np.ndenumerate(counts):
+        if count:
+            axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if count > counts.max() / 2 else "black")
+    axis.set(xlabel="predicted digit", ylabel="true digit", xticks=range(10), yticks=range(10), title=title)
+    figure.colorbar(image, ax=axis, label="test images")
+
+
 def train_sklearn(args: Any, x_train, y_train, x_test, y_test) -> dict:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
@@ -144,14 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         label=f"scikit-learn: final test accuracy {results['scikit-learn']['accuracy']:.3f}")
         axes[1].set(xlabel="epoch", ylabel="accuracy", title="Accuracy per epoch (validation curve)")
         axes[1].legend(loc="lower right")
-        image = axes[2].imshow(ours["confusion"], cmap="Blues")
-        for (row, col), count in np.ndenumerate(ours["confusion"]):
-            if count:
-                axes[2].text(col, row, str(count), ha="center", va="center", fontsize=7,
-                             color="white" if count > ours["confusion"].max() / 2 else "black")
-        axes[2].set(xlabel="predicted digit", ylabel="true digit", xticks=range(10), yticks=range(10),
-                    title=f"backprop on the test set: accuracy {ours['accuracy']:.3f}")
-        figure.colorbar(image, ax=axes[2], label="test images")
+        draw_confusion(figure, axes[2], ours["confusion"], f"backprop on the test set: accuracy {ours['accuracy']:.3f}")
         _common.save(figure, "digits.png")
     return results
 

@@ -136,14 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         axes[1].set(xlabel="epoch", ylabel="test accuracy", ylim=(0.85, 1.0), title="Test accuracy per epoch")
         axes[1].legend(loc="lower right")
         cnn = results["backprop CNN"]
-        image = axes[2].imshow(cnn["confusion"], cmap="Blues")
-        for (row, col), count in np.ndenumerate(cnn["confusion"]):
-            if count:
-                axes[2].text(col, row, str(count), ha="center", va="center", fontsize=7,
-                             color="white" if count > cnn["confusion"].max() / 2 else "black")
-        axes[2].set(xlabel="predicted digit", ylabel="true digit", xticks=range(10), yticks=range(10),
-                    title=f"CNN on the test set: accuracy {cnn['accuracy']:.3f}")
-        figure.colorbar(image, ax=axes[2], label="test images")
+        digits.draw_confusion(figure, axes[2], cnn["confusion"], f"CNN on the test set: accuracy {cnn['accuracy']:.3f}")
         _common.save(figure, "digits_cnn.png")
     return results
 
