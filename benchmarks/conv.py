@@ -30,9 +30,10 @@ from typing import Any, Callable
 import numpy as np
 
 import backprop as bp
-from backprop.gradients import loss_and_backward
-from benchmarks.run import RESULTS, _bytes, _json_default, _ratio, _time, environment, ratio, time_candidates
+from benchmarks.run import RESULTS, _bytes, _json_default, environment, median_cell, ratio, ratio_cell, ratios
+from benchmarks.run import time_candidates
 from benchmarks.run import threads_line, torch_available, write_atomically
+from benchmarks.workloads import fit_step, torch_training_step
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,7 @@ def our_step(workload: ConvWorkload, device: str) -> Callable[[], Any]:
         optimizer = bp.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         with model.backend.activate():
             y = loss.prepare_target(y_host, model.backend, model._dtype, (x_host.shape[0], 10))
-
-        def train() -> Any:
-            optimizer.zero_grad()
-            value = loss_and_backward(model, loss, x, y, prepared=True)
-            optimizer.step()
-            return value
-
-        return train
+        return fit_step(model, loss, optimizer, x, y)
     dy = model.backend.to_device(np.random.default_rng(1).standard_normal((x_host.shape[0], *model.output_shape)),
                                  model._dtype)
 
@@ -157,16 +151,7 @@ def pytorch_step(workload: ConvWorkload) -> Callable[[], Any]:
     if workload.step == "train":
         loss = torch.nn.CrossEntropyLoss()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        y = torch.from_numpy(y_host)
-
-        def train() -> Any:
-            optimizer.zero_grad(set_to_none=True)
-            value = loss(model(x), y)
-            value.backward()
-            optimizer.step()
-            return value
-
-        return train
+        return torch_training_step(model, loss, optimizer, x, torch.from_numpy(y_host))
     dy = torch.from_numpy(np.random.default_rng(1).standard_normal((x_host.shape[0], *ours.output_shape))
                           .astype(np.float32))
 
@@ -185,17 +170,8 @@ def run_workload(workload: ConvWorkload, with_torch: bool, rounds: int, round_se
         built["ours_torch"] = (our_step(workload, "torch:cpu"), "torch", "cpu")
     found = time_candidates(built, rounds, round_seconds)
     result: dict[str, Any] = {"workload": workload.name, "label": workload.label, "rounds": rounds,
-                              "candidates": found}
-
-    def pick(name: str, key: str) -> float | None:
-        return found[name][key] if name in found else None
-
-    for key, suffix in (("fastest_s", ""), ("median_s", "_median")):
-        result["ratios" + suffix] = {
-            "ours/pytorch": ratio(pick("ours", key), pick("pytorch", key)),
-            "ours_torch/pytorch": ratio(pick("ours_torch", key), pick("pytorch", key)),
-        }
-    result["peak_ratio"] = ratio(pick("ours", "peak_bytes"), pick("pytorch", "peak_bytes"))
+                              "candidates": found, **ratios(found, ("ours/pytorch", "ours_torch/pytorch"))}
+    result["peak_ratio"] = ratio(found["ours"]["peak_bytes"], found.get("pytorch", {}).get("peak_bytes"))
     return result
 
 
@@ -204,15 +180,9 @@ def table(report: dict) -> str:
             "peak PyTorch |", "|---|---|---|---|---|---|---|---|"]
     for result in report["results"]:
         found = result["candidates"]
-
-        def median(name: str) -> str:
-            return _time(found[name]["median_s"]) if name in found else "-"
-
-        def both(key: str) -> str:
-            return f"{_ratio(result['ratios'][key])} ({_ratio(result['ratios_median'][key])})"
-
-        rows.append(f"| {result['label']} | {median('ours')} | {median('pytorch')} | {median('ours_torch')} | "
-                    f"{both('ours/pytorch')} | {both('ours_torch/pytorch')} | {_bytes(found['ours']['peak_bytes'])} | "
+        rows.append(f"| {result['label']} | {median_cell(found, 'ours')} | {median_cell(found, 'pytorch')} | "
+                    f"{median_cell(found, 'ours_torch')} | {ratio_cell(result, 'ours/pytorch')} | "
+                    f"{ratio_cell(result, 'ours_torch/pytorch')} | {_bytes(found['ours']['peak_bytes'])} | "
                     f"{_bytes(found.get('pytorch', {}).get('peak_bytes'))} |")
     return "\n".join(rows) + "\n"
 

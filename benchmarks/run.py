@@ -202,23 +202,24 @@ def time_candidates(built: dict[str, tuple[Callable[[], Any], str, str]], rounds
     return found
 
 
+def ratios(found: dict[str, dict], pairs: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
+    """``{"ratios": ..., "ratios_median": ...}``: for each ``"a/b"`` in ``pairs``, candidate a's time over
+    candidate b's, of the fastest rounds and of the medians (None where either did not run)."""
+    def time_of(name: str, key: str) -> float | None:
+        return found[name][key] if name in found else None
+
+    return {"ratios" + suffix: {pair: ratio(time_of(pair.split("/")[0], key), time_of(pair.split("/")[1], key))
+                                for pair in pairs}
+            for key, suffix in (("fastest_s", ""), ("median_s", "_median"))}
+
+
 def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int, round_seconds: float) -> dict:
     result: dict[str, Any] = {"workload": workload.name, "label": workload.label, "rounds": rounds,
                               "candidates": time_candidates(candidates(workload, device, with_torch), rounds,
                                                             round_seconds)}
     # counted on the tiny network of the same depth and kinds of layer: the count does not depend on the widths
     result["operations"] = operations(QUICK_WORKLOADS.get(workload.name, workload), with_torch)
-    found = result["candidates"]
-
-    def pick(name: str, key: str) -> float | None:
-        return found[name][key] if name in found else None
-
-    for key, suffix in (("fastest_s", ""), ("median_s", "_median")):
-        result["ratios" + suffix] = {
-            "ours/floor": ratio(pick("ours", key), pick("floor", key)),
-            "ours/pytorch": ratio(pick("ours", key), pick("pytorch", key)),
-            "ours_torch/pytorch": ratio(pick("ours_torch", key), pick("pytorch", key)),
-        }
+    result.update(ratios(result["candidates"], ("ours/floor", "ours/pytorch", "ours_torch/pytorch")))
     return result
 
 
@@ -319,6 +320,16 @@ def _bytes(value: int | None) -> str:
     return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
 
 
+def median_cell(found: dict[str, dict], name: str) -> str:
+    """A table cell: candidate ``name``'s median step time, or "-" where it did not run."""
+    return _time(found[name]["median_s"]) if name in found else "-"
+
+
+def ratio_cell(result: dict, pair: str) -> str:
+    """A table cell: the ratio of the fastest rounds, the ratio of the medians in brackets."""
+    return f"{_ratio(result['ratios'][pair])} ({_ratio(result['ratios_median'][pair])})"
+
+
 def _operations(result: dict, optimizer_name: str) -> str:
     counted = result.get("operations", {})
     theirs = counted.get(f"pytorch_{optimizer_name}")
@@ -335,16 +346,11 @@ def table(report: dict) -> str:
     rows = []
     for result in report["results"]:
         found = result["candidates"]
-
-        def median(name: str) -> str:
-            return _time(found[name]["median_s"]) if name in found else "-"
-
-        def both(key: str) -> str:
-            return f"{_ratio(result['ratios'][key])} ({_ratio(result['ratios_median'][key])})"
-
         rows.append(
-            f"| {result['label']} | {median('ours')} | {median('floor')} | {median('pytorch')} | "
-            f"{median('ours_torch')} | {both('ours/floor')} | {both('ours/pytorch')} | {both('ours_torch/pytorch')} | "
+            f"| {result['label']} | {median_cell(found, 'ours')} | {median_cell(found, 'floor')} | "
+            f"{median_cell(found, 'pytorch')} | {median_cell(found, 'ours_torch')} | "
+            f"{ratio_cell(result, 'ours/floor')} | {ratio_cell(result, 'ours/pytorch')} | "
+            f"{ratio_cell(result, 'ours_torch/pytorch')} | "
             f"{_bytes(found['ours']['peak_bytes'])} | {_bytes(found.get('pytorch', {}).get('peak_bytes'))} | "
             f"{_operations(result, 'sgd')} | {_operations(result, 'adam')} |"
         )

@@ -98,6 +98,13 @@ def our_step(workload: Workload, device: str, optimizer_name: str = "sgd") -> Ca
     with model.backend.activate():
         y = loss.prepare_target(y_host, model.backend, model._dtype, (workload.batch, workload.widths[-1]))
 
+    return fit_step(model, loss, optimizer, x, y)
+
+
+def fit_step(model: bp.Sequential, loss: bp.losses.Loss, optimizer: bp.optim.Optimizer, x: Any, y: Any
+             ) -> Callable[[], Any]:
+    """``fit``'s step for one batch already on the device (``y`` prepared): forward, backward (which zeroes the
+    gradients first), optimiser step."""
     def step() -> Any:
         value = loss_and_backward(model, loss, x, y, prepared=True)
         optimizer.step()
@@ -155,6 +162,11 @@ def pytorch_step(workload: Workload, device: str, optimizer_name: str = "sgd",
     y = torch.as_tensor(y_host, device=device)
     y = y.to(dtype) if workload.loss == "mse" else y.to(torch.int64)
 
+    return torch_training_step(model, loss, optimizer, x, y)
+
+
+def torch_training_step(model: Any, loss: Any, optimizer: Any, x: Any, y: Any) -> Callable[[], Any]:
+    """PyTorch autograd's training step: zero the gradients, forward, backward, optimiser step."""
     def step() -> Any:
         optimizer.zero_grad(set_to_none=True)
         value = loss(model(x), y)
