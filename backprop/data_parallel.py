@@ -98,7 +98,7 @@ class DataParallel:
     one-process hooks object, whose ``evaluate`` computes this rank's rows."""
 
     def __init__(self, comm: Communicator, model: Any, local: Any) -> None:
-        mixing = [layer for layer in _layers(model) if getattr(layer, "mixes_samples", False)]
+        mixing = [layer for layer in model.layer_list() if getattr(layer, "mixes_samples", False)]
         if mixing:
             raise ConfigurationError(
                 f"{mixing[0]!r} computes statistics over the whole batch, which data-parallel training splits "
@@ -146,7 +146,7 @@ class DataParallel:
             else:
                 setattr(holder, key, value)
         states = json.loads(self.comm.broadcast_text(text))
-        for layer, state in zip(_layers(model), states["random_states"]):
+        for layer, state in zip(model.layer_list(), states["random_states"]):
             if state is not None:
                 layer.set_random_state(state)
         optimizer.load_state_dict(states["optimizer"])
@@ -158,13 +158,13 @@ class DataParallel:
         for _, parameter in self.model.named_parameters():
             places.append((parameter, "value", parameter.value))
             places += [(parameter.state, slot, parameter.state[slot]) for slot in sorted(parameter.state)]
-        for layer in _layers(self.model):
+        for layer in self.model.layer_list():
             places += [(layer.buffers, key, layer.buffers[key]) for key in sorted(layer.buffers)]
         return places
 
     def _state(self, optimizer: Any) -> tuple[list[np.ndarray], str]:
         arrays = [self.model.backend.to_numpy(array) for _, _, array in self._places()]
-        text = json.dumps({"random_states": [layer.random_state() for layer in _layers(self.model)],
+        text = json.dumps({"random_states": [layer.random_state() for layer in self.model.layer_list()],
                            "optimizer": optimizer.state_dict()}, sort_keys=True)
         return arrays, text
 
@@ -249,15 +249,10 @@ class DataParallel:
         return self.model.stop_training
 
 
-def _layers(model: Any) -> list:
-    """Every layer of the model's tree, depth first (`Layer.named_layers`)."""
-    return [layer for _, layer in model.named_layers()]
-
-
 @contextlib.contextmanager
 def _sharded(model: Any, start: int, stop: int, rows: int) -> Iterator[None]:
     """Every layer of ``model`` inside its ``shard(start, stop, rows)`` context."""
     with contextlib.ExitStack() as stack:
-        for layer in _layers(model):
+        for layer in model.layer_list():
             stack.enter_context(layer.shard(start, stop, rows))
         yield

@@ -137,8 +137,7 @@ class Sequential(Layer):
         if outermost:
             for name, parameter in self.named_parameters():
                 parameter.name = name
-            self._trainable = tuple(self.parameters())
-            self._sublayers = tuple(layer for _, layer in self.named_layers())
+            self._trainable, self._sublayers = self.parameter_list(), self.layer_list()  # both None until here
         return shape
 
     def place(self, backend: Any, dtype: Any) -> None:
