@@ -122,8 +122,11 @@ class Hyper(Generic[T]):
     ``inspect.signature``. The declarations' order, a base class's first, is the positional order after
     ``params``; a subclass that declares a name again (AdamW's ``weight_decay`` default) keeps its place.
 
-    ``optimizer.eps`` reads the value; ``optimizer.eps = 1e-6`` sets it through ``set_hyperparameters``, so the
-    same checks run (a schedule sets ``optimizer.lr`` this way).
+    ``optimizer.eps`` reads the value, a plain lookup in the instance's ``__dict__`` (this is a non-data
+    descriptor: it is consulted only while the value is missing, to say so); ``optimizer.eps = 1e-6`` sets it
+    through ``set_hyperparameters`` (`Optimizer.__setattr__`), so the same checks run (a schedule sets
+    ``optimizer.lr`` this way). An update rule reads its hyper-parameters at every step, so reads cost nothing
+    more than an attribute's.
     """
 
     def __init__(self, default: Any, check: Callable[[Any, str], T]) -> None:
@@ -141,16 +144,10 @@ class Hyper(Generic[T]):
     def __get__(self, instance: Any, owner: type) -> Any:
         if instance is None:
             return self
-        values = vars(instance)
-        if self.name not in values:
-            raise UnsetHyperparameterError(
-                f"{type(instance).__name__}.{self.name} has not been set: Optimizer.__init__ (or from_state_dict) "
-                f"sets every declared hyper-parameter, so a subclass's __init__ must call super().__init__(params, ...)"
-            )
-        return values[self.name]
-
-    def __set__(self, instance: Optimizer, value: Any) -> None:
-        instance.set_hyperparameters(**{self.name: value})
+        raise UnsetHyperparameterError(  # reached only while the instance's __dict__ lacks the value
+            f"{type(instance).__name__}.{self.name} has not been set: Optimizer.__init__ (or from_state_dict) "
+            f"sets every declared hyper-parameter, so a subclass's __init__ must call super().__init__(params, ...)"
+        )
 
     def annotation(self) -> Any:
         """The return annotation of ``check`` (``inspect.Parameter.empty`` when it has none)."""
@@ -266,6 +263,14 @@ class Optimizer:
         checked = {name: hyper.check(values[name], name) for name, hyper in type(self).HYPERPARAMETERS.items()}
         self.check_hyperparameters(checked)
         vars(self).update(checked)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``optimizer.lr = 0.01`` (a declared hyper-parameter) is ``set_hyperparameters(lr=0.01)``: checked, or
+        refused with nothing changed; any other attribute is set as usual."""
+        if name in type(self).HYPERPARAMETERS:
+            self.set_hyperparameters(**{name: value})
+        else:
+            object.__setattr__(self, name, value)
 
     def check_hyperparameters(self, values: Mapping[str, Any]) -> None:
         """Raise `ConfigurationError` if ``values`` (every hyper-parameter, each valid on its own) do not go
