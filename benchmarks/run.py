@@ -4,6 +4,7 @@
     python -m benchmarks.run --device cuda        # CuPy against cuBLAS and PyTorch CUDA
     python -m benchmarks.run --quick              # tiny sizes, a few seconds (the smoke test)
     python -m benchmarks.run --workloads xor small --repeats 21
+    python -m benchmarks.run --runs 3             # the whole suite three times, with each ratio's spread
 
 Each workload's candidates run in alternating rounds (ours, floor, PyTorch, ours on the torch backend, then
 again), so that slow drifts hit all of them alike; the order is shuffled every round, because threads still
@@ -213,10 +214,11 @@ def ratios(found: dict[str, dict], pairs: tuple[str, ...]) -> dict[str, dict[str
             for key, suffix in (("fastest_s", ""), ("median_s", "_median"))}
 
 
-def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int, round_seconds: float) -> dict:
+def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int, round_seconds: float,
+                 seed: int = 0) -> dict:
     result: dict[str, Any] = {"workload": workload.name, "label": workload.label, "rounds": rounds,
                               "candidates": time_candidates(candidates(workload, device, with_torch), rounds,
-                                                            round_seconds)}
+                                                            round_seconds, seed)}
     # counted on the tiny network of the same depth and kinds of layer: the count does not depend on the widths
     result["operations"] = operations(QUICK_WORKLOADS.get(workload.name, workload), with_torch)
     result.update(ratios(result["candidates"], ("ours/floor", "ours/pytorch", "ours_torch/pytorch")))
@@ -357,6 +359,33 @@ def table(report: dict) -> str:
     return header + "\n".join(rows) + "\n"
 
 
+# the ratios each run reports, with their column headings
+RATIO_PAIRS = {"ours/floor": "ours/floor", "ours/pytorch": "ours/PyTorch",
+               "ours_torch/pytorch": "torch-backend/PyTorch"}
+
+
+def spread(runs: list[list[dict]]) -> dict[str, dict[str, list[float] | None]]:
+    """Per workload and ratio, ``[lowest, highest]`` over whole runs of the suite (each run's ratio of the fastest
+    rounds), or None where a candidate did not run: how far one run's figure can be trusted."""
+    found: dict[str, dict[str, list[float] | None]] = {}
+    for results in zip(*runs):
+        values = {pair: [r["ratios"][pair] for r in results] for pair in RATIO_PAIRS}
+        found[results[0]["workload"]] = {pair: None if None in seen else [min(seen), max(seen)]
+                                         for pair, seen in values.items()}
+    return found
+
+
+def spread_table(report: dict) -> str:
+    """Markdown table of `spread`: each ratio as lowest-highest over the runs."""
+    header = ("| workload | " + " | ".join(RATIO_PAIRS.values()) + " |\n"
+              + "|---" * (len(RATIO_PAIRS) + 1) + "|\n")
+    labels = {result["workload"]: result["label"] for result in report["results"]}
+    rows = [f"| {labels[name]} | " + " | ".join("-" if span is None else f"{_ratio(span[0])}-{_ratio(span[1])}"
+                                                for span in spans.values()) + " |"
+            for name, spans in report["spread"].items()]
+    return header + "\n".join(rows) + "\n"
+
+
 def markdown(report: dict, command: str) -> str:
     env = report["environment"]
     lines = [
@@ -373,6 +402,8 @@ def markdown(report: dict, command: str) -> str:
         "with its multi-tensor optimisers as on CUDA; each is about one kernel launch on a GPU.",
         "",
         table(report),
+        *([f"Spread over {report['runs']} runs of the whole suite (ratios of the fastest rounds, lowest-highest; the "
+           "table above is the last run):", "", spread_table(report)] if report.get("runs", 1) > 1 else []),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
         "",
         "BLAS: " + "; ".join(f"{k}: {v}" for k, v in env["blas"].items()) + ".",
@@ -398,12 +429,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=None,
                         help="alternating rounds per workload (default: per workload)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run the whole suite this many times and report each ratio's spread (default 1)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch candidates even if it is installed")
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help=f"folder for the JSON and Markdown (default {RESULTS})")
     arguments = parser.parse_args(argv)
     if arguments.repeats is not None and arguments.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if arguments.runs < 1:
+        parser.error("--runs must be at least 1")
     return arguments
 
 
@@ -413,12 +448,22 @@ def main(argv: list[str] | None = None) -> dict:
     catalogue = QUICK_WORKLOADS if arguments.quick else WORKLOADS
     with_torch = torch_available() and not arguments.no_torch
     round_seconds = 0.002 if arguments.quick else 0.1
-    report: dict[str, Any] = {"environment": environment(device), "quick": arguments.quick, "results": []}
-    for name in arguments.workloads:
-        workload = catalogue[name]
-        rounds = arguments.repeats or workload.rounds
-        print(f"{workload.label}: {rounds} rounds ...", file=sys.stderr, flush=True)
-        report["results"].append(run_workload(workload, device, with_torch, rounds, round_seconds))
+    report: dict[str, Any] = {"environment": environment(device), "quick": arguments.quick,
+                              "runs": arguments.runs}
+    runs: list[list[dict]] = []
+    for run in range(arguments.runs):
+        results = []
+        for name in arguments.workloads:
+            workload = catalogue[name]
+            rounds = arguments.repeats or workload.rounds
+            print(f"run {run + 1}/{arguments.runs}: {workload.label}: {rounds} rounds ...", file=sys.stderr,
+                  flush=True)
+            results.append(run_workload(workload, device, with_torch, rounds, round_seconds, seed=run))
+        runs.append(results)
+    report["results"] = runs[-1]
+    if arguments.runs > 1:
+        report["spread"] = spread(runs)
+        report["earlier_runs"] = runs[:-1]
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     report["command"] = command.strip()
     stem = f"{device.replace(':', '')}-{'quick' if arguments.quick else 'latest'}"
@@ -427,6 +472,8 @@ def main(argv: list[str] | None = None) -> dict:
     env = report["environment"]
     print(f"{env['device']} ({env['device_name']}); {env['machine']}; numpy BLAS: {env['blas']['numpy']}")
     print(table(report))
+    if arguments.runs > 1:
+        print(spread_table(report))
     print(f"written: {arguments.output / stem}.json and .md")
     return report
 

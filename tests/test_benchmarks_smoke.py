@@ -41,6 +41,18 @@ def test_quick_suite_reports_every_workload(tmp_path):
     assert report["results"][0]["label"] == written["results"][0]["label"]
 
 
+def test_several_runs_report_each_ratios_spread(tmp_path):
+    """``--runs 2``: the spread of each ratio is the lowest and highest of the two runs' own ratios."""
+    report = run.main(["--quick", "--repeats", "1", "--runs", "2", "--workloads", "xor", "--no-torch",
+                       "--output", str(tmp_path)])
+    runs = [*report["earlier_runs"], report["results"]]
+    seen = [results[0]["ratios"]["ours/floor"] for results in runs]
+    assert report["spread"]["xor"]["ours/floor"] == [min(seen), max(seen)]
+    assert report["spread"]["xor"]["ours/pytorch"] is None  # PyTorch did not run
+    text = (tmp_path / "cpu-quick.md").read_text()
+    assert "Spread over 2 runs" in text and f"| {min(seen):.2f}-{max(seen):.2f} | - | - |" in text
+
+
 def test_operation_counts_of_a_784_256_256_10_step(torch):
     """The convolution-free MNIST-sized step: ours counted on the recording backend, one per array operation
     (the pinned per-operation breakdown lives in test_device_discipline); PyTorch's as the performance issue counted
