@@ -221,7 +221,7 @@ def run_workload(workload: Workload, device: str, with_torch: bool, rounds: int,
                                                             round_seconds, seed)}
     # counted on the tiny network of the same depth and kinds of layer: the count does not depend on the widths
     result["operations"] = operations(QUICK_WORKLOADS.get(workload.name, workload), with_torch)
-    result.update(ratios(result["candidates"], ("ours/floor", "ours/pytorch", "ours_torch/pytorch")))
+    result.update(ratios(result["candidates"], tuple(RATIO_PAIRS)))
     return result
 
 
