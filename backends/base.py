@@ -10,8 +10,12 @@ The base class is the array-API reference for everything the core asks of a back
 * ``synchronize()``: waits for queued device work (for timing; the reference has none to wait for);
 * ``copy(array, into=None)``: a new array with the same values, which nothing else holds (written into ``into``
   by libraries whose arrays are mutable);
-* ``matmul(left, right, out=None)`` and ``subtract_scaled(target, scale, update)``: the two hot operations of a
-  training step whose array-API form allocates a parameter-sized array;
+* ``matmul(left, right, out=None)``, ``sum(array, axis, out=None)`` and ``subtract_scaled(target, scale, update)``:
+  the hot operations of a training step whose array-API form allocates a parameter-sized array;
+* ``views_share_memory``: whether the library's arrays are mutable and a basic slice or a reshape of a contiguous
+  array is a view that shares its memory, so that writing into the view writes into the array. Where it holds, an
+  optimiser keeps its parameters, their gradients and its slots as views into one flat buffer per kind and updates
+  each buffer in one pass (`backprop.optim.flat`); the reference (and JAX, whose arrays are immutable) does not;
 * ``conv2d`` and ``max_pool2d``: methods whose body here is the array-API reference (`backprop.convolution`,
   `backprop.pooling`); a library with its own kernels overrides them in its module (torch: `TorchBackend`);
 * the list forms an optimiser's grouped update uses (``subtract_scaled_all``, ``scale_add_all``, ...): each takes
@@ -60,7 +64,8 @@ class Backend:
     """
 
     library: str = "array-api"  # the array library's name, for messages and reports
-    writes_matmul_into_out: bool = False  # whether ``matmul(out=...)`` writes into ``out``
+    writes_matmul_into_out: bool = False  # whether ``matmul(out=...)`` and ``sum(out=...)`` write into ``out``
+    views_share_memory: bool = False  # whether slices and reshapes are views that write through (see above)
 
     def __init__(self, spec: str, xp: Any, device: Any, device_name: str = "") -> None:
         self.spec = spec
@@ -154,6 +159,11 @@ class Backend:
         """left @ right. Subclasses with ``writes_matmul_into_out`` write it into ``out`` (an array of the
         result's shape and dtype that nothing else holds); the reference returns a new array."""
         return left @ right
+
+    def sum(self, array: Any, axis: int | tuple[int, ...], out: Any = None) -> Any:
+        """The sum of ``array`` over ``axis``. Subclasses with ``writes_matmul_into_out`` write it into ``out`` (an
+        array of the result's shape and dtype that nothing else holds); the reference returns a new array."""
+        return self.xp.sum(array, axis=axis)
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         """target - scale * update; returns the result. The reference makes a new array (it works on immutable

@@ -41,10 +41,12 @@ _FIX = (
 
 
 class CupyBackend(Backend):
-    """CuPy on GPU ``index``: kernels run inside ``cupy.cuda.Device(index)``, ``matmul`` writes into ``out``."""
+    """CuPy on GPU ``index``: kernels run inside ``cupy.cuda.Device(index)``, ``matmul`` and ``sum`` write into
+    ``out``."""
 
     library = "cupy"
     writes_matmul_into_out = True
+    views_share_memory = True  # basic slicing and reshaping a contiguous array return views, as in NumPy
 
     def __init__(self, spec: str, xp: Any, device: Any, device_name: str, cupy: Any, index: int) -> None:
         super().__init__(spec, xp, device, device_name)
@@ -76,6 +78,9 @@ class CupyBackend(Backend):
         temporary and copies), so a parameter's spare gradient array is reused and no parameter-sized array is
         allocated per step."""
         return left @ right if out is None else self._cupy.matmul(left, right, out=out)
+
+    def sum(self, array: Any, axis: int | tuple[int, ...], out: Any = None) -> Any:
+        return self.xp.sum(array, axis=axis) if out is None else self._cupy.sum(array, axis=axis, out=out)
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         target -= scale * update

@@ -18,10 +18,11 @@ _CHUNK = 1 << 18  # elements per pass of subtract_scaled: a 1-2 MB scratch, belo
 
 
 class NumpyBackend(Backend):
-    """NumPy's arrays are mutable and its ``matmul`` takes ``out=``: both hot operations write in place."""
+    """NumPy's arrays are mutable and its ``matmul`` and ``sum`` take ``out=``: the hot operations write in place."""
 
     library = "numpy"
     writes_matmul_into_out = True
+    views_share_memory = True  # basic slicing and reshaping a contiguous array return views (NumPy's indexing docs)
 
     def owns(self, array: Any) -> bool:
         return type(array) is np.ndarray
@@ -42,6 +43,9 @@ class NumpyBackend(Backend):
 
     def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
         return left @ right if out is None else np.matmul(left, right, out=out)
+
+    def sum(self, array: Any, axis: int | tuple[int, ...], out: Any = None) -> Any:
+        return np.sum(array, axis=axis, out=out)
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         """target -= scale * update in place, chunk by chunk through a small scratch instead of a full-size

@@ -21,7 +21,7 @@ FORMS = ("torch:cuda:N",)
 
 
 class TorchBackend(Backend):
-    """Tensors are mutable and ``torch.matmul`` takes ``out=``: both hot operations write in place.
+    """Tensors are mutable and ``torch.matmul`` and ``torch.sum`` take ``out=``: the hot operations write in place.
 
     2-D convolution and max pooling go through PyTorch's kernels instead of the array-API reference: forward
     ``torch.nn.functional.conv2d`` and ``aten::max_pool2d_with_indices``; backward ``aten::convolution_backward``
@@ -33,6 +33,8 @@ class TorchBackend(Backend):
 
     library = "torch"
     writes_matmul_into_out = True
+    # basic indexing and ``view``/``reshape`` of a contiguous tensor share its storage (PyTorch's "Tensor Views")
+    views_share_memory = True
 
     def __init__(self, spec: str, xp: Any, device: Any, device_name: str = "") -> None:
         super().__init__(spec, xp, device, device_name)
@@ -64,6 +66,9 @@ class TorchBackend(Backend):
 
     def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
         return left @ right if out is None else self._torch.matmul(left, right, out=out)
+
+    def sum(self, array: Any, axis: int | tuple[int, ...], out: Any = None) -> Any:
+        return self.xp.sum(array, axis=axis) if out is None else self._torch.sum(array, dim=axis, out=out)
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         return target.sub_(update, alpha=scale)

@@ -74,12 +74,24 @@ class Parameter:
         if self._grad is not None:
             self._grad += left @ right
             return
-        spare = self._spare
+        self._grad = self.backend.matmul(left, right, out=self._take_spare())
+
+    def accumulate_sum(self, array: Any, axis: int | tuple[int, ...]) -> None:
+        """grad += sum of ``array`` over ``axis`` (a bias's gradient: dL/dy summed over the batch); the first sum
+        after ``zero_grad()`` is written into the spare gradient array where the backend supports it
+        (``Backend.sum``), else into a new array that is adopted."""
+        if self._grad is not None:
+            self._grad += self.backend.xp.sum(array, axis=axis)
+            return
+        self._grad = self.backend.sum(array, axis, out=self._take_spare())
+
+    def _take_spare(self) -> Any:
+        """The spare gradient array, handed over (it is forgotten here), if it can take this parameter's
+        gradient (same dtype, on this backend); else None."""
+        spare, self._spare = self._spare, None
         if spare is not None and spare.dtype == self.value.dtype and self.backend.owns(spare):
-            self._grad = self.backend.matmul(left, right, out=spare)
-        else:
-            self._grad = left @ right
-        self._spare = None
+            return spare
+        return None
 
     def __reduce__(self) -> tuple:
         """Pickle (and deep-copy) through host copies: the arrays come back on the same backend, rebuilt from its

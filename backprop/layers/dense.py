@@ -57,7 +57,7 @@ class Dense(Layer):
         def backward(dy: Any, need_dx: bool = True) -> Any:
             weight.accumulate_product(x.T, dy)
             if bias is not None:
-                bias.accumulate(self.backend.xp.sum(dy, axis=0))
+                bias.accumulate_sum(dy, axis=0)
             return dy @ weight.value.T if need_dx else None
 
         return y, backward

@@ -47,8 +47,8 @@ def scale_and_shift(xp: Any, x_hat: Any, weight: Any, bias: Any, axis: "int | tu
         return vector if feature_shape is None else xp.reshape(vector, feature_shape)
 
     def backward(dy: Any) -> Any:
-        weight.accumulate(xp.sum(dy * x_hat, axis=axis))
-        bias.accumulate(xp.sum(dy, axis=axis))
+        weight.accumulate_sum(dy * x_hat, axis)
+        bias.accumulate_sum(dy, axis)
         return dy * per_feature(weight.value)
 
     return x_hat * per_feature(weight.value) + per_feature(bias.value), backward
