@@ -24,6 +24,7 @@ class Adam(Optimizer):
     """``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False)``; slots
     ``"exp_avg"`` (m), ``"exp_avg_sq"`` (v) and, with amsgrad, ``"max_exp_avg_sq"`` (v_max)."""
 
+    elementwise = True  # its rule treats every element alike: one pass over flat buffers
     lr = Hyper(1e-3, check_learning_rate)
     betas = Hyper((0.9, 0.999), check_betas)
     eps = Hyper(1e-8, check_eps)

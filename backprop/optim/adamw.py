@@ -19,6 +19,7 @@ class AdamW(Adam):
     """``AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False)``: PyTorch's
     defaults, so weight decay is on unless ``weight_decay=0``."""
 
+    elementwise = True  # its rule treats every element alike: one pass over flat buffers
     weight_decay = Hyper(1e-2, check_weight_decay)
 
     def apply_weight_decay(self, parameter: Parameter, gradient: Any) -> Any:

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Generic, TypeVar, overload
 
 from backprop.errors import ArgumentTypeError, CheckpointError, ConfigurationError, UnsetHyperparameterError
+from backprop.optim.flat import FlatStore
 from backprop.parameter import Parameter
 from backprop.validation import number
 
@@ -200,12 +201,16 @@ class Optimizer:
     lr = Hyper(REQUIRED, check_learning_rate)
 
     HYPERPARAMETERS: ClassVar[Mapping[str, Hyper]]
+    elementwise: ClassVar[bool] = False  # see flattens_updates; each class declares it for itself
+    _elementwise_update: ClassVar[Any] = None
     _grouped_update: ClassVar[Any] = None
     __signature__: ClassVar[inspect.Signature | None]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.HYPERPARAMETERS = MappingProxyType(declared_hyperparameters(cls))
+        cls.elementwise = vars(cls).get("elementwise", False) is True  # not inherited: see flattens_updates
+        cls._elementwise_update = cls.update if cls.elementwise else None
         if "update_all" in vars(cls):  # the update whose rule update_all implements (see groups_updates)
             cls._grouped_update = cls.update
         # inspect.signature(cls) shows the declared keywords, unless the class has a constructor of its own
@@ -247,6 +252,12 @@ class Optimizer:
         self.params = parameter_list(params, type(self).__name__)
         self.steps = 0
         self.parameter_steps = [0] * len(self.params)
+        self.flat_store: FlatStore | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickles and copies leave the flat store behind (the parameters travel on their own; a copy builds its
+        own store on its first flat step)."""
+        return {**vars(self), "flat_store": None}
 
     def _refuse_unknown(self, names: Iterable[str]) -> None:
         """`ArgumentTypeError` (a `ConfigurationError` and a ``TypeError``) naming any of ``names`` that is not a
@@ -306,6 +317,12 @@ class Optimizer:
             backend = self.params[0].backend
             with backend.activate():
                 ready = [index for index, parameter in enumerate(self.params) if parameter.has_grad]
+                store = self._flat_store_for_step(backend, len(ready))
+                if store is not None:
+                    self._update_flat(store, self.parameter_steps[0] + 1)
+                    self.parameter_steps[:] = [step + 1 for step in self.parameter_steps]
+                    completed = True
+                    return
                 if ready and self.groups_updates(backend):
                     grouped = [self.params[index] for index in ready]
                     group_slots = [dict(parameter.state) for parameter in grouped]
@@ -332,6 +349,41 @@ class Optimizer:
         finally:
             if completed:
                 self.steps += 1
+
+    def flattens_updates(self, backend: Any) -> bool:
+        """Whether ``step`` may run ``update`` once over flat buffers (`backprop.optim.flat`): on a backend whose
+        views share memory, for a class that declares ``elementwise = True`` in its own body, while the ``update``
+        in use is the one it declared it for. A subclass inherits the declaration only by making it again (an
+        ``apply_weight_decay`` or ``update`` of its own may read a parameter's name or shape), and a patched
+        ``update`` gets the per-parameter path."""
+        cls = type(self)
+        return backend.views_share_memory and cls.elementwise and cls.update is cls._elementwise_update
+
+    def _flat_store_for_step(self, backend: Any, ready: int) -> FlatStore | None:
+        """The flat store this step updates through, gathered (built where there is none that fits), or None:
+        only when every parameter is ready and has been updated the same number of times, at least once (the
+        first update makes the slots, parameter by parameter, so the slots the store lays out are known)."""
+        counts = self.parameter_steps
+        if ready != len(self.params) or counts[0] == 0 or counts.count(counts[0]) != len(counts) \
+                or not self.flattens_updates(backend):
+            return None
+        store = self.flat_store
+        if store is None or not store.gather():
+            store = self.flat_store = FlatStore(self.params) if FlatStore.fits(self.params) else None
+        return store
+
+    def _update_flat(self, store: FlatStore, step: int) -> None:
+        """``update(store.parameter, step)``: one pass of the rule over the flat buffers, which `FlatStore.settle`
+        then reconciles with the parameters' views (an interrupted update keeps the set of slots it found)."""
+        flat = store.parameter
+        slots = dict(flat.state)
+        try:
+            self.update(flat, step)
+        except BaseException:
+            flat.state = slots
+            raise
+        finally:
+            store.settle()
 
     def groups_updates(self, backend: Any) -> bool:
         """Whether ``step`` calls ``update_all`` once for the ready parameters: on a backend whose list forms are

@@ -29,6 +29,7 @@ class RMSprop(Optimizer):
     """``RMSprop(params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False)``; slots
     ``"square_avg"`` (s), ``"grad_avg"`` (a, when centered) and ``"momentum_buffer"`` (b, when mu > 0)."""
 
+    elementwise = True  # its rule treats every element alike: one pass over flat buffers
     lr = Hyper(1e-2, check_learning_rate)
     alpha = Hyper(0.99, check_alpha)
     eps = Hyper(1e-8, check_eps)

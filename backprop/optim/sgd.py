@@ -27,6 +27,7 @@ class SGD(Optimizer):
     """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)``; the momentum slot is
     ``parameter.state["momentum"]``. ``lr`` (declared by `Optimizer`) has no default."""
 
+    elementwise = True  # its rule treats every element alike: one pass over flat buffers
     momentum = Hyper(0.0, check_momentum)
     dampening = Hyper(0.0, check_dampening)
     weight_decay = Hyper(0.0, check_weight_decay)
