@@ -26,7 +26,8 @@ losses stay on the device, so the loop never waits for the device per batch.
 
 Divergence: a NaN or infinite loss, or a NaN or infinite parameter after the epoch's last step (a step can
 overflow the weights while its loss was finite), is detected at the end of its epoch (that single host read
-holds one finiteness flag per parameter too), so every epoch starts from finite parameters. ``fit`` then
+holds one finiteness flag per parameter too, or one for all of them when the optimiser keeps them in flat buffers,
+`backprop.optim.flat`), so every epoch starts from finite parameters. ``fit`` then
 restores the parameters, their optimiser slots (momentum, ...), the buffers, the layers' random states (dropout
 mask generators, so a retry of the epoch draws the same masks) and the optimiser's step count to their values at
 the start of that epoch, the last state known to be finite, and raises `DivergenceError` naming the epoch and the
@@ -142,11 +143,14 @@ class _Snapshot:
     """Device copies of every parameter with its optimiser slots and every buffer, the layers' host random states
     and the optimiser's scalars. ``take()`` copies the current state; from the second call on it writes into the
     arrays of the previous copy where their shape, dtype and device still fit and the backend writes into arrays
-    (`Backend.copy`), so an epoch allocates none."""
+    (`Backend.copy`), so an epoch allocates none. When the optimiser's flat store holds exactly the model's
+    parameters (`backprop.optim.flat`), the parameters and their slots are copied as its flat buffers: one copy
+    per buffer rather than one per parameter and slot."""
 
     def __init__(self, model: Any, optimizer: Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
         self.parameters: list = []
+        self.flat: tuple | None = None  # (store, copy of its values, copies of its slots by name)
         self.buffers: list = []
 
     def take(self) -> "_Snapshot":
@@ -155,12 +159,20 @@ class _Snapshot:
         previous = {id(p): (value, state) for p, value, state in self.parameters}
         previous_buffers = {id(layer): buffers for layer, buffers in self.buffers}
         with backend.activate():
-            parameters = []
-            for p in model.parameter_list():
-                value, state = previous.get(id(p), (None, {}))
-                parameters.append((p, _copy(backend, p.value, value),
-                                   {k: _copy(backend, v, state.get(k)) for k, v in p.state.items()}))
-            self.parameters = parameters
+            store = _flat_store(model, self.optimizer)
+            if store is not None:
+                _, values, slots = self.flat if self.flat is not None and self.flat[0] is store else (None, None, {})
+                self.flat = (store, _copy(backend, store.values, values),
+                             {k: _copy(backend, v, slots.get(k)) for k, v in store.slots.items()})
+                self.parameters = []
+            else:
+                self.flat = None
+                parameters = []
+                for p in model.parameter_list():
+                    value, state = previous.get(id(p), (None, {}))
+                    parameters.append((p, _copy(backend, p.value, value),
+                                       {k: _copy(backend, v, state.get(k)) for k, v in p.state.items()}))
+                self.parameters = parameters
             self.buffers = [(layer, {k: _copy(backend, v, previous_buffers.get(id(layer), {}).get(k))
                                      for k, v in layer.buffers.items()})
                             for layer in model.layer_list() if layer.buffers]
@@ -169,6 +181,9 @@ class _Snapshot:
         return self
 
     def restore(self) -> None:
+        if self.flat is not None:
+            store, values, slots = self.flat
+            store.restore(values, slots)
         for parameter, value, state in self.parameters:
             parameter.value, parameter.state = value, state
             parameter.zero_grad()
@@ -178,6 +193,13 @@ class _Snapshot:
             if state is not None:
                 layer.set_random_state(state)
         self.optimizer.load_state_dict(self.optimizer_state)
+
+
+def _flat_store(model: Any, optimizer: Optimizer) -> Any:
+    """The optimiser's `FlatStore` if it holds exactly the model's parameters, each linked to its views (its flat
+    buffers are then the parameters' values and slots), else None."""
+    store = optimizer.flat_store
+    return store if store is not None and store.holds(model.parameter_list()) else None
 
 
 def _copy(backend: Any, source: Any, previous: Any) -> Any:
@@ -280,13 +302,16 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, An
 _FINITE = "parameters finite"  # the per-epoch read's entry: 1 for each parameter with only finite values
 
 
-def _parameters_finite(model: Any) -> list:
+def _parameters_finite(model: Any, optimizer: Optimizer) -> list:
     """Per parameter a 0-d device array, 1 if every value is finite, else 0 (read with the epoch's losses, so the
-    next epoch's snapshot is only ever taken of finite parameters). ``isfinite`` rather than a cheaper product with 0,
-    which would raise NumPy's "invalid value" warning (an error under ``np.seterr(all="raise")``) on an inf."""
+    next epoch's snapshot is only ever taken of finite parameters); one for all of them when the optimiser's flat
+    store holds them (its value buffer is checked). ``isfinite`` rather than a cheaper product with 0, which would
+    raise NumPy's "invalid value" warning (an error under ``np.seterr(all="raise")``) on an inf."""
     xp = model.backend.xp
     with model.backend.activate():
-        return [xp.astype(xp.all(xp.isfinite(p.value)), model._dtype) for p in model.parameter_list()]
+        store = _flat_store(model, optimizer)
+        values = [store.values] if store is not None else [p.value for p in model.parameter_list()]
+        return [xp.astype(xp.all(xp.isfinite(value)), model._dtype) for value in values]
 
 
 def _bounds(samples: int, batch_size: int) -> list[tuple[int, int]]:
@@ -486,7 +511,7 @@ def fit(
             except BackpropError:  # a source's batch refused mid-epoch: the epoch's steps are undone
                 snapshot.restore()
                 raise
-            series = {"loss": batch_losses, _FINITE: _parameters_finite(model), **batch_metrics}
+            series = {"loss": batch_losses, _FINITE: _parameters_finite(model, optimizer), **batch_metrics}
             if source is not None:
                 sizes = np.array(batch_sizes, dtype=np.float64)
                 bounds = [(0, size) for size in batch_sizes]  # only counted, in divergence messages
