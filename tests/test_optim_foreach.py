@@ -1,5 +1,8 @@
 """The grouped (multi-tensor) optimiser update: ``Optimizer.update_all`` through the backends' list forms.
 
+(Where every parameter is ready with the same update count, the flat path, ``tests/test_optim_flat.py``, comes
+first; here the update counts differ, or the flat path is switched off.)
+
 On torch the list forms are ``torch._foreach_*`` calls; the reference (the base `Backend`) loops over the array-API
 expressions. These tests compare the grouped update on torch with the per-parameter update on the reference
 backend, run the reference list forms through the grouped path (NumPy, JAX), count the torch operations of one
@@ -138,6 +141,7 @@ def test_a_foreach_step_issues_a_number_of_torch_operations_independent_of_the_p
         for count in (3, 12):
             parameters = make_parameters(backend, "float32", [(4, 3)] * count)
             optimizer = CASES[case](parameters)
+            optimizer.flattens_updates = lambda backend: False  # the grouped path, not the flat one it precedes
             for _ in range(2):  # the steady state: slots made on the first step
                 for parameter in parameters:
                     parameter.grad = backend.xp.ones_like(parameter.value)
