@@ -16,9 +16,15 @@ class Parameter:
     ``zero_grad()`` it reads as zeros (allocated lazily, so a training step never spends a pass writing zeros).
     ``state`` maps an optimiser's slot names to arrays shaped like ``value`` on the same device.
 
-    ``zero_grad()`` keeps the last gradient array as a spare that ``accumulate_product`` writes the next one into
-    (on backends that can), so steady-state training allocates no parameter-sized gradient per step: copy
-    ``grad`` if you need it after the next ``zero_grad()``.
+    ``zero_grad()`` keeps the last gradient array as a spare that ``accumulate_product`` and ``accumulate_sum``
+    write the next one into (on backends that can), so steady-state training allocates no parameter-sized gradient
+    per step: copy ``grad`` if you need it after the next ``zero_grad()``.
+
+    Storage: on backends whose views share memory (NumPy, CuPy, torch) an element-wise optimiser keeps its
+    parameters' values, gradients and slots as views into one flat buffer per kind from its second step on
+    (`backprop.optim.flat`), so ``value``, ``grad`` and ``state[...]`` are then views, with the same numbers, of
+    the optimiser's buffers. Assigning a new array to any of them is allowed (the next step copies it into the
+    view); hold the parameter rather than its ``value`` to follow training.
     """
 
     __slots__ = ("_backend", "_grad", "_spare", "name", "state", "value")

@@ -1,6 +1,10 @@
 """Optimisers, gradient clipping and learning-rate schedules: backward, ``clip_grad_norm``, ``opt.step()``,
 ``schedule.step()``. An optimiser of your own subclasses `Optimizer`, declares its hyper-parameters with `Hyper`
-and is registered for checkpoints with `register_optimizer`."""
+and is registered for checkpoints with `register_optimizer`.
+
+Storage: on NumPy, CuPy and torch the built-in optimisers keep their parameters, gradients and slots as views into
+one flat buffer per kind (`backprop.optim.flat`), so a step is one pass of the update rule, whatever the number of
+parameters; elsewhere (JAX, array-api-strict) they update parameter by parameter."""
 
 from backprop.optim.adam import Adam
 from backprop.optim.adamw import AdamW

@@ -48,6 +48,7 @@ class Adam(Optimizer):
         squared = gradient * gradient
         squared *= 1.0 - beta2  # the temporaries below are new arrays: scaling them in place saves allocations
         second += squared
+        del squared  # over flat buffers (backprop.optim.flat) a temporary is model-sized: at most two live at once
         parameter.state["exp_avg_sq"] = second
         if self.amsgrad:
             largest = xp.maximum(self.slot(parameter, "max_exp_avg_sq", step), second)
@@ -56,6 +57,7 @@ class Adam(Optimizer):
         denominator /= math.sqrt(1.0 - beta2**step)
         denominator += self.eps
         change = first / denominator
+        del denominator
         change *= self.lr / (1.0 - beta1**step)
         parameter.value -= change
 

@@ -188,7 +188,8 @@ def _signature(declared: Mapping[str, Hyper]) -> inspect.Signature:
 
 
 class Optimizer:
-    """Base class: ``step()`` calls ``update(parameter, step)`` for every parameter that has a gradient.
+    """Base class: ``step()`` calls ``update(parameter, step)`` for every parameter that has a gradient (or once
+    over flat buffers of all of them: see ``step``).
 
     ``step`` is how many times this optimiser has updated that parameter, this update included (1 on the first).
     A subclass declares its hyper-parameters as `Hyper` class attributes (this class declares ``lr``, which every
@@ -196,6 +197,12 @@ class Optimizer:
     ``Optimizer(params, *hyper-parameters, **hyper-parameters)`` in declaration order, each checked by its
     declaration, then their combination by ``check_hyperparameters``; a new optimiser also needs ``lr > 0``. Reading
     ``HYPERPARAMETERS`` (name -> `Hyper`) or ``inspect.signature(cls)`` lists them.
+
+    ``elementwise = True`` in a class's body declares that its ``update`` (and ``update_all``, if it has one)
+    treats every element of a parameter alike and on its own, reading ``value``, ``grad`` and ``state`` but never
+    the parameter's name or shape, and writes its results in place or into ``value``/``state``: ``step`` may then
+    run it once on a `Parameter` whose arrays are the flat buffers of all the parameters. ``flat_store`` is that
+    `FlatStore`, None until the first flat step.
     """
 
     lr = Hyper(REQUIRED, check_learning_rate)
@@ -306,6 +313,15 @@ class Optimizer:
         set of slots as they were before the call, so the optimiser stays usable; ``steps`` counts the call
         only if at least one parameter completed its update.
 
+        Where the backend's views share memory (NumPy, CuPy, torch: ``backend.views_share_memory``), an optimiser
+        whose rule is element-wise (``flattens_updates``: SGD, Adam, AdamW, RMSprop) updates all its parameters
+        with one pass of that rule over flat buffers once every parameter is ready with the same update count, at
+        least 1 (`backprop.optim.flat`): the first such step lays the values, gradients and slots out in one buffer
+        per kind and leaves each parameter holding views of its stretch; later steps copy into the views only the
+        arrays that something rebound (a restored checkpoint, a clipped gradient). All or nothing as below: an
+        exception inside that pass counts no update and keeps every parameter's set of slots. Otherwise, or
+        before, the update is grouped or per parameter.
+
         On a backend with multi-tensor operations (``backend.multi_tensor``: torch) an optimiser that implements
         ``update_all`` (next to its ``update``: a subclass that overrides only ``update`` keeps its own rule, see
         ``groups_updates``) updates all the ready parameters together, as one group. The group is all or
@@ -373,12 +389,17 @@ class Optimizer:
         return store
 
     def _update_flat(self, store: FlatStore, step: int) -> None:
-        """``update(store.parameter, step)``: one pass of the rule over the flat buffers, which `FlatStore.settle`
-        then reconciles with the parameters' views (an interrupted update keeps the set of slots it found)."""
+        """One pass of the rule over the flat buffers: ``update(store.parameter, step)``, or ``update_all`` of that
+        one parameter where ``groups_updates`` (on torch its list forms, ``torch._foreach_*``, take fewer
+        operations than the rule's array-API form: Adam's 8 instead of 13). `FlatStore.settle` then reconciles
+        the buffers with the parameters' views (an interrupted update keeps the set of slots it found)."""
         flat = store.parameter
         slots = dict(flat.state)
         try:
-            self.update(flat, step)
+            if self.groups_updates(store.backend):
+                self.update_all([flat], [step])
+            else:
+                self.update(flat, step)
         except BaseException:
             flat.state = slots
             raise

@@ -9,8 +9,11 @@ same way, and makes each parameter's ``value``, ``grad`` and ``state[slot]`` the
     values = [ w1.ravel() | b1.ravel() | w2.ravel() | ... ]      w1.value is reshape(values[0:n1], w1.shape)
 
 An element-wise rule then updates every parameter with one pass of its own ``update`` over the whole buffers: the
-store's `parameter` is a `Parameter` whose ``value``, ``grad`` and ``state`` are the flat buffers. No optimiser
-has flat code of its own; the rules of `SGD`, `Adam`, `AdamW` and `RMSprop` write in place on these backends.
+store's `parameter` is a `Parameter` whose ``value``, ``grad`` and ``state`` are the flat buffers (on torch it goes
+through the optimiser's ``update_all``, whose ``torch._foreach_*`` forms take fewer operations). No optimiser has
+flat code of its own; the rules of `SGD`, `Adam`, `AdamW` and `RMSprop` write in place on these backends.
+`Optimizer.step` decides when (``Optimizer.flattens_updates``) and keeps the store in ``optimizer.flat_store``;
+``fit``'s divergence snapshot copies its buffers and checks its value buffer for finiteness.
 
 Whatever rebinds a parameter's array (``load_state_dict``, ``model.to``, a clipped gradient, a bias gradient
 adopted from a fresh ``sum``) only unlinks it from its view: `gather` copies the array into the view and links the
