@@ -45,7 +45,7 @@ class NumpyBackend(Backend):
         return left @ right if out is None else np.matmul(left, right, out=out)
 
     def sum(self, array: Any, axis: int | tuple[int, ...], out: Any = None) -> Any:
-        return np.sum(array, axis=axis, out=out)
+        return super().sum(array, axis) if out is None else np.sum(array, axis=axis, out=out)
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         """target -= scale * update in place, chunk by chunk through a small scratch instead of a full-size

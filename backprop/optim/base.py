@@ -380,8 +380,8 @@ class Optimizer:
         only when every parameter is ready and has been updated the same number of times, at least once (the
         first update makes the slots, parameter by parameter, so the slots the store lays out are known)."""
         counts = self.parameter_steps
-        if ready != len(self.params) or counts[0] == 0 or counts.count(counts[0]) != len(counts) \
-                or not self.flattens_updates(backend):
+        if not self.flattens_updates(backend) or ready != len(self.params) or counts[0] == 0 \
+                or counts.count(counts[0]) != len(counts):
             return None
         store = self.flat_store
         if store is None or not store.gather():

@@ -15,11 +15,11 @@ flat code of its own; the rules of `SGD`, `Adam`, `AdamW` and `RMSprop` write in
 `Optimizer.step` decides when (``Optimizer.flattens_updates``) and keeps the store in ``optimizer.flat_store``;
 ``fit``'s divergence snapshot copies its buffers and checks its value buffer for finiteness.
 
-Whatever rebinds a parameter's array (``load_state_dict``, ``model.to``, a clipped gradient, a bias gradient
-adopted from a fresh ``sum``) only unlinks it from its view: `gather` copies the array into the view and links the
-parameter again before the next flat update, so the views stay the arrays the parameters hold, and in steady
-state a step pays a Python identity check per array. A rule that rebinds the flat ``value`` or a slot (Adam's
-``amsgrad`` maximum) is copied back into the buffer by `settle`.
+Whatever rebinds a parameter's array (``load_state_dict``, ``model.to``, a gradient clipped by value, a
+convolution's gradient adopted from its kernel's result) only unlinks it from its view: `gather` copies the array
+into the view and links the parameter again before the next flat update, so the views stay the arrays the
+parameters hold, and in steady state a step pays a Python identity check per array. A rule that rebinds the flat
+``value`` or a slot (Adam's ``amsgrad`` maximum) is copied back into the buffer by `settle`.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class FlatStore:
         gradients: every parameter then holds exactly those values and slots."""
         with self.backend.activate():
             self.values[...] = values
-            for name in set(self.slots) - set(slots):
+            for name in self.slots.keys() - slots.keys():
                 self._drop_slot(name)
             for name, array in slots.items():
                 if name in self.slots:
