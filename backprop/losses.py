@@ -330,15 +330,17 @@ class CrossEntropy(Loss):
                 smallest = constant(xp.finfo(prediction.dtype).smallest_normal, prediction)
                 scale = 1.0 / xp.maximum(xp.sum(target), smallest)
         if self.from_logits:
+            # 14 array operations; shifted and softmax are new arrays, so they are rewritten in place
             shifted = prediction - xp.max(prediction, axis=-1, keepdims=True)
-            exp_shifted = xp.exp(shifted)
-            total = xp.sum(exp_shifted, axis=-1, keepdims=True)
-            log_q = shifted - xp.log(total)  # log_softmax(z), sharing exp(shifted) with softmax below
-            value = -xp.sum(target * log_q) * scale
-            grad = exp_shifted  # becomes softmax(z) * sum_k t_k - t, scaled, in place (all new arrays)
-            grad *= xp.sum(target, axis=-1, keepdims=True) * (scale / total)
-            grad -= target * scale
-            return value, grad
+            softmax = xp.exp(shifted)
+            total = xp.sum(softmax, axis=-1, keepdims=True)
+            shifted -= xp.log(total)  # log_softmax(z), sharing exp(shifted) with softmax
+            value = xp.sum(target * shifted) * -scale
+            softmax /= total
+            softmax *= xp.sum(target, axis=-1, keepdims=True)  # the exact gradient for rows not summing to 1
+            softmax -= target
+            softmax *= scale  # (softmax(z) * sum_k t_k - t) * scale
+            return value, softmax
         log_p = _log_floored(xp, prediction)
         value = -xp.sum(target * log_p) * scale
         return value, -(target / xp.maximum(prediction, constant(_EPS, prediction))) * scale

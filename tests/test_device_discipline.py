@@ -79,7 +79,7 @@ STEP_OPS = {
     "mse_relu_sgd_nesterov": 29,
     "bce_probabilities_adam_amsgrad_l1": 92,
     "bce_logits_pos_weight_rmsprop_l1l2": 96,
-    "ce_logits_weighted_adamw_batchnorm_dropout_l2": 95,
+    "ce_logits_weighted_adamw_batchnorm_dropout_l2": 94,
     "ce_probabilities_layernorm_sgd_metrics_validation": 69,
     "mse_composed_residual_reshape_adam": 61,
 }
