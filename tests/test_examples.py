@@ -118,9 +118,11 @@ def test_gradient_descent_runs_as_a_script(tmp_path):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_digits_accuracy_above_090_next_to_scikit_learn(capsys, optimizer):
     pytest.importorskip("sklearn", reason="digits.py needs scikit-learn (pip install 'backprop-arrays[examples]')")
-    result = load("digits").main(["--epochs", "5", "--optimizer", optimizer])
+    result = load("digits").main(["--epochs", "5", "--optimizer", optimizer, "--repeats", "2"])
     output = capsys.readouterr().out
     ours, theirs = result["backprop"], result["scikit-learn"]
+    assert ours["ratio_to_scikit_learn"] == pytest.approx(ours["seconds"] / theirs["seconds"])
+    assert f"fit time backprop / scikit-learn: {ours['ratio_to_scikit_learn']:.2f} (fastest of 2 fits each)" in output
     assert ours["accuracy"] > 0.9 and theirs["accuracy"] > 0.9
     assert len(ours["loss"]) == len(theirs["loss"]) == 5  # the same number of epochs on both sides
     assert ours["loss"][-1] < ours["loss"][0] and math.isfinite(ours["seconds"])
