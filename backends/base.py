@@ -16,6 +16,8 @@ The base class is the array-API reference for everything the core asks of a back
   array is a view that shares its memory, so that writing into the view writes into the array. Where it holds, an
   optimiser keeps its parameters, their gradients and its slots as views into one flat buffer per kind and updates
   each buffer in one pass (`backprop.optim.flat`); the reference (and JAX, whose arrays are immutable) does not;
+* ``affine`` (a dense layer's x @ W + b), ``relu`` and ``sigmoid`` (`backprop.elementwise`): a step's element-wise
+  work, which a library may do in fewer operations (torch: ``addmm``, ``relu``, ``sigmoid``);
 * ``conv2d`` and ``max_pool2d``: methods whose body here is the array-API reference (`backprop.convolution`,
   `backprop.pooling`); a library with its own kernels overrides them in its module (torch: `TorchBackend`);
 * the list forms an optimiser's grouped update uses (``subtract_scaled_all``, ``scale_add_all``, ...): each takes
@@ -48,6 +50,8 @@ import array_api_compat
 import numpy as np
 
 from backprop.convolution import conv2d as reference_conv2d
+from backprop.elementwise import relu as reference_relu
+from backprop.elementwise import sigmoid as reference_sigmoid
 from backprop.errors import DeviceError, DTypeError
 from backprop.pooling import max_pool2d as reference_max_pool2d
 
@@ -164,6 +168,22 @@ class Backend:
         """The sum of ``array`` over ``axis``. Subclasses with ``writes_matmul_into_out`` write it into ``out`` (an
         array of the result's shape and dtype that nothing else holds); the reference returns a new array."""
         return self.xp.sum(array, axis=axis)
+
+    def affine(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        """x @ weight + bias (a `Dense` layer's forward; no bias where ``bias`` is None), a new array."""
+        y = x @ weight
+        if bias is not None:
+            y += bias  # y is new: adding in place saves a temporary (on immutable arrays += makes a new one)
+        return y
+
+    def relu(self, x: Any) -> tuple[Any, Callable[[Any], Any]]:
+        """``(y, backward)``: y = max(x, 0), ``backward(g) = g * [x > 0]`` (`backprop.elementwise.relu`)."""
+        return reference_relu(self.xp, x)
+
+    def sigmoid(self, x: Any) -> Any:
+        """1 / (1 + exp(-x)), without overflow and with small outputs' relative precision
+        (`backprop.elementwise.sigmoid`)."""
+        return reference_sigmoid(self.xp, x)
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         """target - scale * update; returns the result. The reference makes a new array (it works on immutable

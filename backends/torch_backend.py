@@ -73,6 +73,24 @@ class TorchBackend(Backend):
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         return target.sub_(update, alpha=scale)
 
+    # -- a step's element-wise work in fewer operations (one kernel each where the reference launches several) ---
+    def affine(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        """``torch.addmm(bias, x, weight)``: the product and the bias in one call (one GEMM whose output starts
+        from the broadcast bias), where the reference launches a product and an addition."""
+        return x @ weight if bias is None else self._torch.addmm(bias, x, weight)
+
+    def relu(self, x: Any) -> tuple[Any, Callable[[Any], Any]]:
+        """``torch.relu`` and the gradient as ``g * (x > 0)`` (a float tensor times a bool one, no cast): 3
+        operations in all where the reference takes 4; the same numbers (0 where x is NaN or <= 0)."""
+        positive = x > 0
+        return self._torch.relu(x), lambda dy: dy * positive
+
+    def sigmoid(self, x: Any) -> Any:
+        """``torch.sigmoid``: one kernel where the reference takes seven (it computes 1 / (1 + exp(-x)), which
+        does not overflow to NaN; below x = -88 in float32, -745 in float64 it rounds to 0 where the reference
+        keeps the smallest subnormal outputs)."""
+        return self._torch.sigmoid(x)
+
     # -- list forms: one ``torch._foreach_*`` call for the whole list (a kernel per dtype and device on CUDA,
     # where it fuses the list) in place of a call per parameter; the targets are written in place and returned
     multi_tensor = True

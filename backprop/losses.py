@@ -20,7 +20,7 @@ from array_api_compat import device as _device_of
 from backprop.data import constant, host_array, namespace_of as _namespace, to_backend
 from backprop.errors import ConfigurationError, LossActivationWarning, ShapeError, TargetError
 from backprop.validation import choice, flag
-from backprop.layers.activations import sigmoid
+from backprop.elementwise import sigmoid
 
 _LOG_FLOOR = -100.0  # PyTorch clamps log-probabilities here, so log(0) gives a large finite loss, not inf
 _EPS = 1e-12  # PyTorch's floor for p(1-p) in the probability-space BCE gradient

@@ -55,7 +55,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from backprop.callbacks import EarlyStopping
 from backprop.errors import ConfigurationError
 from backprop.layers import Dense, Identity, Layer, ReLU, Sigmoid, Tanh
-from backprop.layers.activations import sigmoid, softmax
+from backprop.elementwise import sigmoid
+from backprop.layers.activations import softmax
 from backprop.losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
 from backprop.model import Sequential, release
 from backprop.optim import SGD, Adam

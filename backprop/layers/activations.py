@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from backprop.data import constant
 from backprop.layers.base import Layer
 from backprop.validation import number
 
@@ -25,15 +24,15 @@ class Identity(Layer):
 class Sigmoid(Layer):
     """y = 1 / (1 + exp(-x));  dx = g * y * (1 - y).
 
-    Computed as y = exp(min(x, 0)) / (1 + exp(-|x|)), which is 1/(1+e^-x) for x >= 0 and e^x/(1+e^x) for x < 0:
-    no exponential overflows (no warning, no inf), small outputs keep their relative precision, and no
-    ``where`` is needed (NumPy runs it several times slower than arithmetic).
+    y is ``Backend.sigmoid``: on the array-API reference exp(min(x, 0)) / (1 + exp(-|x|)), with no exponential
+    overflow and full relative precision for small outputs (`backprop.elementwise.sigmoid`); a library's own
+    kernel where it has one (``torch.sigmoid``).
     """
 
     keeps_shape = True
 
     def forward(self, x, training=False):
-        y = sigmoid(self.backend.xp, x)
+        y = self.backend.sigmoid(x)
 
         def backward(dy, need_dx=True):
             return dy * (y * (1.0 - y))
@@ -54,17 +53,15 @@ class Tanh(Layer):
 class ReLU(Layer):
     """y = max(x, 0);  dx = g * [x > 0] (so the gradient at exactly 0 is 0, as in PyTorch).
 
-    NaN inputs stay NaN, as in PyTorch. Written with ``maximum`` and a product with the mask rather than
-    ``where``, which NumPy runs several times slower.
+    NaN inputs stay NaN, as in PyTorch. ``Backend.relu`` computes both: the array-API reference
+    (`backprop.elementwise.relu`) or a library's own kernels (``torch.relu``).
     """
 
     keeps_shape = True
 
     def forward(self, x, training=False):
-        xp = self.backend.xp
-        positive = x > 0
-        y = xp.maximum(x, constant(0.0, x))  # a 0-d array, not 0.0: see backprop.data.constant
-        return y, lambda dy, need_dx=True: dy * xp.astype(positive, dy.dtype)
+        y, backward = self.backend.relu(x)
+        return y, lambda dy, need_dx=True: backward(dy)
 
 
 class LeakyReLU(Layer):
@@ -105,15 +102,6 @@ class Softmax(Layer):
             return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True))
 
         return y, backward
-
-
-def sigmoid(xp: Any, x: Any) -> Any:
-    """1 / (1 + exp(-x)) as exp(min(x, 0)) / (1 + exp(-|x|)): no exponential overflows (see `Sigmoid`)."""
-    denominator = xp.exp(-xp.abs(x))
-    denominator += 1.0
-    y = xp.exp(xp.minimum(x, constant(0.0, x)))
-    y /= denominator  # y is a new array, so dividing in place saves a temporary
-    return y
 
 
 def softmax(xp: Any, x: Any) -> Any:

@@ -50,9 +50,7 @@ class Dense(Layer):
     def forward(self, x: Any, training: bool = False):
         weight = self.params["weight"]
         bias = self.params.get("bias")
-        y = x @ weight.value
-        if bias is not None:
-            y += bias.value
+        y = self.backend.affine(x, weight.value, None if bias is None else bias.value)
 
         def backward(dy: Any, need_dx: bool = True) -> Any:
             weight.accumulate_product(x.T, dy)
