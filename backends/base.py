@@ -16,8 +16,9 @@ The base class is the array-API reference for everything the core asks of a back
   array is a view that shares its memory, so that writing into the view writes into the array. Where it holds, an
   optimiser keeps its parameters, their gradients and its slots as views into one flat buffer per kind and updates
   each buffer in one pass (`backprop.optim.flat`); the reference (and JAX, whose arrays are immutable) does not;
-* ``affine`` (a dense layer's x @ W + b), ``relu`` and ``sigmoid`` (`backprop.elementwise`): a step's element-wise
-  work, which a library may do in fewer operations (torch: ``addmm``, ``relu``, ``sigmoid``);
+* ``affine`` (a dense layer's x @ W + b), ``relu`` and ``sigmoid`` (`backprop.elementwise`) and
+  ``softmax_cross_entropy`` (`backprop.losses`): a step's element-wise work, which a library may do in fewer
+  operations (torch: ``addmm``, ``relu``, ``sigmoid``, ``log_softmax``);
 * ``conv2d`` and ``max_pool2d``: methods whose body here is the array-API reference (`backprop.convolution`,
   `backprop.pooling`); a library with its own kernels overrides them in its module (torch: `TorchBackend`);
 * the list forms an optimiser's grouped update uses (``subtract_scaled_all``, ``scale_add_all``, ...): each takes
@@ -53,6 +54,7 @@ from backprop.convolution import conv2d as reference_conv2d
 from backprop.elementwise import relu as reference_relu
 from backprop.elementwise import sigmoid as reference_sigmoid
 from backprop.errors import DeviceError, DTypeError
+from backprop.losses import softmax_cross_entropy as reference_softmax_cross_entropy
 from backprop.pooling import max_pool2d as reference_max_pool2d
 
 _FLOAT_DTYPES = ("float32", "float64")
@@ -184,6 +186,10 @@ class Backend:
         """1 / (1 + exp(-x)), without overflow and with small outputs' relative precision
         (`backprop.elementwise.sigmoid`)."""
         return reference_sigmoid(self.xp, x)
+
+    def softmax_cross_entropy(self, logits: Any, target: Any, scale: Any) -> tuple[Any, Any]:
+        """``(value, grad)`` of -scale * sum(t * log_softmax(z)) (`backprop.losses.softmax_cross_entropy`)."""
+        return reference_softmax_cross_entropy(self.xp, logits, target, scale)
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         """target - scale * update; returns the result. The reference makes a new array (it works on immutable

@@ -85,6 +85,18 @@ class TorchBackend(Backend):
         positive = x > 0
         return self._torch.relu(x), lambda dy: dy * positive
 
+    def softmax_cross_entropy(self, logits: Any, target: Any, scale: Any) -> tuple[Any, Any]:
+        """``torch.log_softmax`` (one fused kernel for the shift, exponentials, row sums and log), its
+        exponential for the softmax: 9 operations where the reference takes 14, the same formula."""
+        torch = self._torch
+        log_softmax = torch.log_softmax(logits, dim=-1)
+        value = (target * log_softmax).sum() * -scale
+        grad = torch.exp(log_softmax)
+        grad *= target.sum(dim=-1, keepdim=True)
+        grad -= target
+        grad *= scale
+        return value, grad
+
     def sigmoid(self, x: Any) -> Any:
         """``torch.sigmoid``: one kernel where the reference takes seven (it computes 1 / (1 + exp(-x)), which
         does not overflow to NaN; below x = -88 in float32, -745 in float64 it rounds to 0 where the reference

@@ -35,7 +35,7 @@ def loss_and_backward(model: Any, loss: Loss, x: Any, y: Any, training: bool = T
     model.zero_grad()
     output, backward = model.forward(x, training=training)
     with model.backend.activate():
-        value, grad_output = loss.value_and_grad(output, target)
+        value, grad_output = loss.value_and_grad_on(model.backend, output, target)
     backward(grad_output, need_input_grad=False)
     if penalty is not None:
         with model.backend.activate():

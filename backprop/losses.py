@@ -42,6 +42,12 @@ class Loss:
     def value_and_grad(self, prediction: Any, target: Any) -> tuple[Any, Any]:
         raise NotImplementedError
 
+    def value_and_grad_on(self, backend: Any, prediction: Any, target: Any) -> tuple[Any, Any]:
+        """``value_and_grad`` for arrays of ``backend`` (a training step calls this): a loss with a faster form on
+        some library asks the backend for it (`CrossEntropy`: ``Backend.softmax_cross_entropy``); the same numbers
+        as ``value_and_grad``, which this default returns."""
+        return self.value_and_grad(prediction, target)
+
     def prepare_target(self, target: Any, backend: Any, dtype: Any, output_shape: tuple) -> Any:
         """Targets on ``backend`` shaped like the prediction (a 1-D target for a single output is reshaped)."""
         if _prepared(target, backend, dtype, output_shape):
@@ -97,6 +103,24 @@ def warn_if_activation_mismatch(model: Any, loss: Loss) -> None:
             f"{name}(from_logits=False) expects probabilities, but the model ends with {type(last).__name__}, "
             f"whose outputs are raw scores: use {name}(from_logits=True) (recommended) or end the model with "
             f"{activation}", LossActivationWarning, stacklevel=3)
+
+
+def softmax_cross_entropy(xp: Any, logits: Any, target: Any, scale: Any) -> tuple[Any, Any]:
+    """``(value, grad)`` of L = -scale * sum_ik t_ik log softmax(z)_ik over logits z (n, k) and target rows t:
+    dL/dz = scale * (softmax(z) * sum_k t_k - t), exact also for rows that do not sum to 1 (class weights). With
+    the row maximum subtracted first, exp never overflows. 14 array operations: the shifted logits and their
+    exponentials are new arrays, so they become log-softmax and the gradient in place. The reference of
+    ``Backend.softmax_cross_entropy``."""
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)
+    softmax = xp.exp(shifted)
+    total = xp.sum(softmax, axis=-1, keepdims=True)
+    shifted -= xp.log(total)  # log_softmax(z), sharing exp(shifted) with softmax
+    value = xp.sum(target * shifted) * -scale
+    softmax /= total
+    softmax *= xp.sum(target, axis=-1, keepdims=True)
+    softmax -= target
+    softmax *= scale
+    return value, softmax
 
 
 def _reduce(xp: Any, elementwise: Any, reduction: str) -> tuple[Any, float]:
@@ -320,6 +344,11 @@ class CrossEntropy(Loss):
         return float(xp.sum(part * weights)) / total if total > 0 else 0.0
 
     def value_and_grad(self, prediction, target):
+        return self.value_and_grad_on(None, prediction, target)
+
+    def value_and_grad_on(self, backend, prediction, target):
+        """From logits, the loss and its gradient are ``backend.softmax_cross_entropy`` (`softmax_cross_entropy`
+        on the array-API reference and without a backend, one fused log-softmax on torch)."""
         xp = _namespace(prediction)
         n = prediction.shape[0]
         scale = 1.0 / n if self.reduction == "mean" else 1.0
@@ -330,17 +359,8 @@ class CrossEntropy(Loss):
                 smallest = constant(xp.finfo(prediction.dtype).smallest_normal, prediction)
                 scale = 1.0 / xp.maximum(xp.sum(target), smallest)
         if self.from_logits:
-            # 14 array operations; shifted and softmax are new arrays, so they are rewritten in place
-            shifted = prediction - xp.max(prediction, axis=-1, keepdims=True)
-            softmax = xp.exp(shifted)
-            total = xp.sum(softmax, axis=-1, keepdims=True)
-            shifted -= xp.log(total)  # log_softmax(z), sharing exp(shifted) with softmax
-            value = xp.sum(target * shifted) * -scale
-            softmax /= total
-            softmax *= xp.sum(target, axis=-1, keepdims=True)  # the exact gradient for rows not summing to 1
-            softmax -= target
-            softmax *= scale  # (softmax(z) * sum_k t_k - t) * scale
-            return value, softmax
+            return softmax_cross_entropy(xp, prediction, target, scale) if backend is None else \
+                backend.softmax_cross_entropy(prediction, target, scale)
         log_p = _log_floored(xp, prediction)
         value = -xp.sum(target * log_p) * scale
         return value, -(target / xp.maximum(prediction, constant(_EPS, prediction))) * scale

@@ -1,6 +1,7 @@
-"""A step's element-wise fast paths (`Backend.affine`, `.relu`, `.sigmoid`) against the array-API reference
-(`backprop.elementwise`, the base class's methods) on the same arrays, on every backend: outputs and gradients,
-special values included; and the torch backend's forms launch fewer operations than the reference."""
+"""A step's element-wise fast paths (`Backend.affine`, `.relu`, `.sigmoid`, `.softmax_cross_entropy`) against the
+array-API reference (`backprop.elementwise`, `backprop.losses`, the base class's methods) on the same arrays, on
+every backend: outputs and gradients, special values included; and the torch backend's forms launch fewer
+operations than the reference."""
 
 from __future__ import annotations
 
@@ -68,9 +69,59 @@ def test_affine_equals_the_reference(backend, dtype, rtol, with_bias):
     np.testing.assert_allclose(bp.to_numpy(y), expected, rtol=rtol * 10, atol=rtol * 10)
 
 
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-13), ("float32", 2e-5)])
+@pytest.mark.parametrize("rows", ["one-hot", "weighted", "soft"])
+def test_softmax_cross_entropy_equals_the_reference(backend, dtype, rtol, rows):
+    """Logits from -1e4 to 1e4 (no overflow either way); one-hot rows, rows scaled by class weights (not summing
+    to 1, so the gradient's row-sum term matters) and soft probability rows; a 0-d array scale, as the weighted
+    mean gives, for the weighted rows."""
+    fast = bp.get_backend(backend)
+    rng = np.random.default_rng(11)
+    logits = rng.normal(scale=3.0, size=(6, 5))
+    logits[0, 0], logits[1, :] = 1e4, -1e4
+    target = np.eye(5)[rng.integers(0, 5, 6)]
+    if rows == "weighted":
+        target *= rng.uniform(0.5, 2.0, size=5)
+    elif rows == "soft":
+        target = rng.dirichlet(np.ones(5), size=6)
+    put = lambda host: fast.to_device(host, fast.dtype(dtype))  # noqa: E731
+    z, t = put(logits), put(target)
+    with fast.activate():
+        scale = fast.xp.asarray(0.25, dtype=z.dtype, device=fast.device) if rows == "weighted" else 1 / 6
+        value, grad = fast.softmax_cross_entropy(z, t, scale)
+        value_ref, grad_ref = _reference(fast).softmax_cross_entropy(z, t, scale)
+    _equal(value, value_ref, rtol)
+    np.testing.assert_allclose(bp.to_numpy(grad), bp.to_numpy(grad_ref), rtol=rtol, atol=rtol)
+    assert np.isfinite(bp.to_numpy(value)) and np.all(np.isfinite(bp.to_numpy(grad)))
+
+
+def test_cross_entropy_training_step_uses_the_backends_form(torch):
+    """`loss_and_backward` reaches ``Backend.softmax_cross_entropy`` through `Loss.value_and_grad_on`; the
+    public ``value_and_grad`` gives the same numbers through the reference."""
+    from backprop.gradients import loss_and_backward
+
+    model = bp.Sequential(bp.Dense(4, 3), device="torch:cpu", seed=0, dtype="float64")
+    loss = bp.losses.CrossEntropy()
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    y = np.array([0, 2, 1, 1, 0])
+    calls = []
+    backend = model.backend
+    original = type(backend).softmax_cross_entropy
+    try:
+        type(backend).softmax_cross_entropy = lambda self, *a: calls.append(1) or original(self, *a)
+        value = float(loss_and_backward(model, loss, x, y))
+    finally:
+        type(backend).softmax_cross_entropy = original
+    assert calls == [1]
+    output = model.forward(model.as_input(x))[0]
+    target = loss.prepare_target(y, backend, model._dtype, (5, 3))
+    assert float(loss.value_and_grad(output, target)[0]) == pytest.approx(value, rel=1e-14)
+
+
 def test_the_torch_forms_take_fewer_operations(torch):
     """aten operations that compute something (as `benchmarks.opcount` counts PyTorch's): sigmoid 1 against the
-    reference's 7, relu with its gradient 3 against 4, a dense layer's forward 1 against 2."""
+    reference's 7, relu with its gradient 3 against 4, a dense layer's forward 1 against 2, softmax cross-entropy
+    with its gradient 9 against 14."""
     from benchmarks.opcount import NOT_KERNELS
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -98,3 +149,6 @@ def test_the_torch_forms_take_fewer_operations(torch):
     assert (count(lambda: fast.sigmoid(x)), count(lambda: reference.sigmoid(x))) == (1, 7)
     assert (count(lambda: fast.relu(x)[1](x)), count(lambda: reference.relu(x)[1](x))) == (3, 4)
     assert (count(lambda: fast.affine(x, weight, bias)), count(lambda: reference.affine(x, weight, bias))) == (1, 2)
+    target = torch.eye(5, dtype=torch.float64)[torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])]
+    assert (count(lambda: fast.softmax_cross_entropy(x, target, 0.125)),
+            count(lambda: reference.softmax_cross_entropy(x, target, 0.125))) == (9, 14)
