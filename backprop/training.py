@@ -25,9 +25,11 @@ losses and metrics. Batch
 losses stay on the device, so the loop never waits for the device per batch.
 
 Divergence: a NaN or infinite loss, or a NaN or infinite parameter after the epoch's last step (a step can
-overflow the weights while its loss was finite), is detected at the end of its epoch (that single host read
-holds one finiteness flag per parameter too, or one for all of them when the optimiser keeps them in flat buffers,
-`backprop.optim.flat`), so every epoch starts from finite parameters. ``fit`` then
+overflow the weights while its loss was finite), is detected at the end of its epoch, so every epoch starts from
+finite parameters. The check of the parameters costs no read of its own: the epoch's last loss is read as NaN when
+a parameter is not finite (a ``where`` on the device; the check is 2 operations on the flat value buffer when the
+optimiser keeps the parameters in one, `backprop.optim.flat`), and only then does a second read tell the two
+cases apart. ``fit`` then
 restores the parameters, their optimiser slots (momentum, ...), the buffers, the layers' random states (dropout
 mask generators, so a retry of the epoch draws the same masks) and the optimiser's step count to their values at
 the start of that epoch, the last state known to be finite, and raises `DivergenceError` naming the epoch and the
@@ -67,7 +69,7 @@ import numpy as np
 
 from backprop.backends import get_backend
 from backprop.callbacks import HOOKS, Callback
-from backprop.data import check_finite, checked_on_host, is_source, to_backend
+from backprop.data import check_finite, checked_on_host, constant, is_source, to_backend
 from backprop.distributed import Communicator
 from backprop.errors import (ArgumentTypeError, BackpropError, ConfigurationError, DivergenceError,
                              MissingDependencyError, ShapeError)
@@ -299,19 +301,24 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, what: str) -> tuple[Any, An
     return inputs, (backend.to_device(targets, model._dtype) if host_targets else targets)
 
 
-_FINITE = "parameters finite"  # the per-epoch read's entry: 1 for each parameter with only finite values
-
-
-def _parameters_finite(model: Any, optimizer: Optimizer) -> list:
-    """Per parameter a 0-d device array, 1 if every value is finite, else 0 (read with the epoch's losses, so the
-    next epoch's snapshot is only ever taken of finite parameters); one for all of them when the optimiser's flat
-    store holds them (its value buffer is checked). ``isfinite`` rather than a cheaper product with 0, which would
-    raise NumPy's "invalid value" warning (an error under ``np.seterr(all="raise")``) on an inf."""
+def _parameters_finite(model: Any, optimizer: Optimizer) -> Any:
+    """A 0-d boolean device array: whether every parameter value is finite. Two operations on the value buffer
+    when the optimiser's flat store holds the parameters, two per parameter and two more otherwise. ``isfinite``
+    rather than a cheaper product with 0, which would raise NumPy's "invalid value" warning (an error under
+    ``np.seterr(all="raise")``) on an inf."""
     xp = model.backend.xp
     with model.backend.activate():
         store = _flat_store(model, optimizer)
-        values = [store.values] if store is not None else [p.value for p in model.parameter_list()]
-        return [xp.astype(xp.all(xp.isfinite(value)), model._dtype) for value in values]
+        if store is not None:
+            return xp.all(xp.isfinite(store.values))
+        return xp.all(xp.stack([xp.all(xp.isfinite(p.value)) for p in model.parameter_list()]))
+
+
+def _guarded(model: Any, loss: Any, finite: Any) -> Any:
+    """``loss`` where ``finite`` (the parameters are finite), else NaN: the epoch's last loss carries the check of
+    the parameters into the read the epoch makes anyway, at no extra read (one ``where``)."""
+    with model.backend.activate():
+        return model.backend.xp.where(finite, loss, constant(math.nan, loss))
 
 
 def _bounds(samples: int, batch_size: int) -> list[tuple[int, int]]:
@@ -511,7 +518,8 @@ def fit(
             except BackpropError:  # a source's batch refused mid-epoch: the epoch's steps are undone
                 snapshot.restore()
                 raise
-            series = {"loss": batch_losses, _FINITE: _parameters_finite(model, optimizer), **batch_metrics}
+            finite = _parameters_finite(model, optimizer)
+            series = {"loss": [*batch_losses[:-1], _guarded(model, batch_losses[-1], finite)], **batch_metrics}
             if source is not None:
                 sizes = np.array(batch_sizes, dtype=np.float64)
                 bounds = [(0, size) for size in batch_sizes]  # only counted, in divergence messages
@@ -525,13 +533,14 @@ def fit(
             host = hooks.reduce(_read(model, series))
             if not all(map(math.isfinite, host["loss"])):
                 batch = next(index for index, value in enumerate(host["loss"]) if not math.isfinite(value))
+                problem = f"the training loss became {host['loss'][batch]}"
+                if batch == len(host["loss"]) - 1 and not bool(finite):  # reads only once diverged
+                    last = float(batch_losses[-1])  # the loss itself, before the check of the parameters hid it
+                    # a step overflowed the weights although its loss was finite
+                    problem = f"the training loss became {last}" if not math.isfinite(last) else \
+                        "the parameters became NaN or infinite"
                 snapshot.restore()
-                raise _divergence(f"the training loss became {host['loss'][batch]}", epoch, epochs, batch,
-                                  len(bounds), optimizer)
-            if not all(host.pop(_FINITE)):  # a step overflowed the weights although every loss was finite
-                snapshot.restore()
-                raise _divergence("the parameters became NaN or infinite", epoch, epochs, len(bounds) - 1,
-                                  len(bounds), optimizer)
+                raise _divergence(problem, epoch, epochs, batch, len(bounds), optimizer)
             logs = {name: _weighted_mean(values, validation_sizes if name.startswith("val_") else sizes)
                     for name, values in host.items()}
             if schedules:
