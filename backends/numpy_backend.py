@@ -44,8 +44,24 @@ class NumpyBackend(Backend):
     def matmul(self, left: Any, right: Any, out: Any = None) -> Any:
         return left @ right if out is None else np.matmul(left, right, out=out)
 
+    # ``numpy.add.reduce`` and ``numpy.maximum.reduce`` are what ``numpy.sum`` and ``numpy.max`` run, without their
+    # Python wrappers (about 1 us a call, a tenth of a small network's loss)
     def sum(self, array: Any, axis: int | tuple[int, ...], out: Any = None) -> Any:
-        return super().sum(array, axis) if out is None else np.sum(array, axis=axis, out=out)
+        return np.add.reduce(array, axis=axis, out=out)
+
+    def softmax_cross_entropy(self, logits: Any, target: Any, scale: Any) -> tuple[Any, Any]:
+        """The reference's operations (`backprop.losses.softmax_cross_entropy`) in the same order, with the
+        reductions called directly: the same numbers."""
+        shifted = logits - np.maximum.reduce(logits, axis=-1, keepdims=True)
+        softmax = np.exp(shifted)
+        total = np.add.reduce(softmax, axis=-1, keepdims=True)
+        shifted -= np.log(total)
+        value = np.add.reduce(target * shifted, axis=None) * -scale
+        softmax /= total
+        softmax *= np.add.reduce(target, axis=-1, keepdims=True)
+        softmax -= target
+        softmax *= scale
+        return value, softmax
 
     def subtract_scaled(self, target: Any, scale: float, update: Any) -> Any:
         """target -= scale * update in place, chunk by chunk through a small scratch instead of a full-size
