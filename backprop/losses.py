@@ -348,7 +348,10 @@ class CrossEntropy(Loss):
 
     def value_and_grad_on(self, backend, prediction, target):
         """From logits, the loss and its gradient are ``backend.softmax_cross_entropy`` (`softmax_cross_entropy`
-        on the array-API reference and without a backend, one fused log-softmax on torch)."""
+        on the array-API reference and without a backend, one fused log-softmax on torch). A subclass that
+        overrides ``value_and_grad`` alone gets its own ``value_and_grad`` here too."""
+        if backend is not None and type(self).value_and_grad is not CrossEntropy.value_and_grad:
+            return self.value_and_grad(prediction, target)
         xp = _namespace(prediction)
         n = prediction.shape[0]
         scale = 1.0 / n if self.reduction == "mean" else 1.0

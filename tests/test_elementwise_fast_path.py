@@ -118,6 +118,25 @@ def test_cross_entropy_training_step_uses_the_backends_form(torch):
     assert float(loss.value_and_grad(output, target)[0]) == pytest.approx(value, rel=1e-14)
 
 
+def test_a_subclass_overriding_value_and_grad_keeps_its_own_rule_in_training():
+    """`loss_and_backward` goes through ``value_and_grad_on``; a CrossEntropy subclass that replaces only
+    ``value_and_grad`` (here: twice the loss) must still be what a training step uses."""
+    from backprop.gradients import loss_and_backward
+
+    class Doubled(bp.losses.CrossEntropy):
+        def value_and_grad(self, prediction, target):
+            value, grad = super().value_and_grad(prediction, target)
+            return value * 2, grad * 2
+
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    y = np.array([0, 2, 1, 1, 0])
+    values = []
+    for loss in (bp.losses.CrossEntropy(), Doubled()):
+        model = bp.Sequential(bp.Dense(4, 3), seed=0, dtype="float64")
+        values.append(float(loss_and_backward(model, loss, x, y)))
+    assert values[1] == pytest.approx(2 * values[0], rel=1e-15)
+
+
 def test_the_torch_forms_take_fewer_operations(torch):
     """aten operations that compute something (as `benchmarks.opcount` counts PyTorch's): sigmoid 1 against the
     reference's 7, relu with its gradient 3 against 4, a dense layer's forward 1 against 2, softmax cross-entropy
