@@ -87,7 +87,7 @@ class Parameter:
         after ``zero_grad()`` is written into the spare gradient array where the backend supports it
         (``Backend.sum``), else into a new array that is adopted."""
         if self._grad is not None:
-            self._grad += self.backend.xp.sum(array, axis=axis)
+            self._grad += self.backend.sum(array, axis)
             return
         self._grad = self.backend.sum(array, axis, out=self._take_spare())
 

@@ -158,7 +158,6 @@ class _Snapshot:
     def take(self) -> "_Snapshot":
         model = self.model
         backend = model.backend
-        previous = {id(p): (value, state) for p, value, state in self.parameters}
         previous_buffers = {id(layer): buffers for layer, buffers in self.buffers}
         with backend.activate():
             store = _flat_store(model, self.optimizer)
@@ -169,6 +168,7 @@ class _Snapshot:
                 self.parameters = []
             else:
                 self.flat = None
+                previous = {id(p): (value, state) for p, value, state in self.parameters}
                 parameters = []
                 for p in model.parameter_list():
                     value, state = previous.get(id(p), (None, {}))
